@@ -1,0 +1,140 @@
+"""Image attention for heatmaps, recorded while the model runs with sdpa.
+
+Kosmos-2's text decoder sees the image only through 64 (``latent_query_num``)
+embedding slots, and each slot is a mix of the 16x16 vision patches given by
+the image-to-text projection's one cross-attention. So a token's map is
+
+    decoder attention of the position that predicted it -> image slots
+    (heads and layers averaged, renormalised)  @  projection attention -> patches
+
+Eager attention would return both, but it is slow and keeps every row of every
+layer. Instead the model runs with :data:`ATTENTION_IMPLEMENTATION`: sdpa for
+the output, plus, only while an :class:`ImageAttentionRecorder` is active, a
+softmax of ``q k^T`` for the rows it needs, reduced at once to their image-slot
+columns. During decoding that is one query row per layer per step, so it costs
+next to nothing; nothing is computed or kept when heatmaps are off.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+ATTENTION_IMPLEMENTATION = "kosmos_demo_sdpa"
+"""sdpa that can also report image-slot attention; the engine loads models with it."""
+
+_ACTIVE: contextvars.ContextVar["ImageAttentionRecorder | None"] = contextvars.ContextVar("recorder", default=None)
+
+
+def _sdpa_with_image_rows(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    output = sdpa_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+    )
+    recorder = _ACTIVE.get()
+    if recorder is not None:
+        recorder.observe(module, query, key, attention_mask, scaling)
+    return output
+
+
+AttentionInterface.register(ATTENTION_IMPLEMENTATION, _sdpa_with_image_rows)
+
+
+class ImageAttentionRecorder:
+    """Collects, for one batch, what the heatmaps need and nothing more.
+
+    ``slot_positions`` (batch, slots) are the sequence positions of the image
+    slots (from ``image_embeds_position_mask``); rows are kept for query
+    positions >= ``first_row``, i.e. from the position that predicts the first
+    generated token on. After the run, :meth:`slot_rows` is (batch, rows, slots)
+    and :meth:`patch_weights` is (batch, slots, patches), both on the CPU.
+    """
+
+    def __init__(self, model, slot_positions: torch.Tensor, first_row: int):
+        layers = model.text_model.model.layers
+        self._layer_of = {id(layer.self_attn): i for i, layer in enumerate(layers)}
+        self._num_layers = len(layers)
+        self._projection = id(model.image_to_text_projection.x_attn)
+        self._num_patches = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        self._num_patches **= 2
+        self._slots = slot_positions
+        self._first_row = first_row
+        self._steps: list[torch.Tensor] = []
+        self._patches: torch.Tensor | None = None
+
+    @contextmanager
+    def active(self):
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    def observe(self, module, query, key, attention_mask, scaling) -> None:
+        if id(module) == self._projection:
+            probs = _softmax_rows(query, key, None, scaling).mean(dim=1)  # (B, slots, 1 + patches + slots)
+            self._patches = probs[..., 1 : 1 + self._num_patches]
+            return
+        layer = self._layer_of.get(id(module))
+        if layer is None:
+            return
+        start = key.shape[2] - query.shape[2]  # absolute position of the first query row
+        first = max(self._first_row - start, 0)
+        if first >= query.shape[2]:
+            return
+        mask = attention_mask[:, :, first:, :] if attention_mask is not None else None
+        probs = _softmax_rows(query[:, :, first:], key, mask, scaling)  # (B, H, rows, keys)
+        index = self._slots.to(probs.device)[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1)
+        image = probs.gather(-1, index).mean(dim=1)  # (B, rows, slots)
+        if layer == 0:
+            self._steps.append(image)
+        else:
+            self._steps[-1] += image
+
+    def slot_rows(self) -> torch.Tensor:
+        """(batch, rows, slots): each kept row's attention to the image slots, layers and heads averaged."""
+        if not self._steps:
+            return torch.zeros(self._slots.shape[0], 0, self._slots.shape[1])
+        return (torch.cat(self._steps, dim=1) / self._num_layers).to("cpu", torch.float16)
+
+    def patch_weights(self) -> torch.Tensor:
+        """(batch, slots, patches): the projection's attention from each slot to each patch."""
+        if self._patches is None:
+            raise RuntimeError("the image-to-text projection did not run while recording")
+        return self._patches.to("cpu", torch.float16)
+
+
+def _softmax_rows(query, key, mask, scaling) -> torch.Tensor:
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
+    if mask is not None:
+        scores = scores + mask.float()
+    return scores.softmax(dim=-1)
+
+
+def token_heatmaps(slot_rows: np.ndarray | torch.Tensor, patch_weights: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token maps on the patch grid, each scaled to [0, 1], and each token's image share.
+
+    ``slot_rows`` is (tokens, slots), ``patch_weights`` (slots, patches) with a
+    square number of patches. A token that gave the image no attention at all
+    gets an all-zero map.
+
+    >>> rows = np.array([[0.5, 0.0], [0.0, 0.25]])
+    >>> patches = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    >>> maps, share = token_heatmaps(rows, patches)
+    >>> maps[0].tolist(), maps[1].tolist(), share.tolist()
+    ([[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]], [0.5, 0.25])
+    """
+    rows = np.asarray(slot_rows, dtype=np.float32)
+    weights = np.asarray(patch_weights, dtype=np.float32)
+    share = rows.sum(axis=-1)
+    mixed = (rows / np.maximum(share, 1e-12)[:, None]) @ weights  # (tokens, patches)
+    side = int(round(weights.shape[-1] ** 0.5))
+    if side * side != weights.shape[-1]:
+        raise ValueError(f"{weights.shape[-1]} patches do not form a square grid")
+    peak = mixed.max(axis=-1, keepdims=True)
+    maps = np.where(peak > 0, mixed / np.maximum(peak, 1e-12), 0.0).reshape(-1, side, side)
+    return maps.astype(np.float32), share.astype(np.float32)

@@ -1,0 +1,170 @@
+"""``python -m kosmos_demo``: describe images (JSON Lines on stdout) or build a tiny checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .settings import STRATEGIES, DecodingSettings, SettingsError
+from .tasks import PromptError, Request, Task, build_prompt, parse_box
+
+_DECODING_FLAGS = [f for f in fields(DecodingSettings) if f.name != "strategy"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kosmos_demo", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    describe = commands.add_parser("describe", help="caption and ground images; one JSON object per image")
+    describe.add_argument("images", nargs="+", help="image files, or folders (their files, not recursive)")
+    describe.add_argument("--task", default="brief", choices=[t.value for t in Task])
+    describe.add_argument("--text", default="", help="phrase, question or custom prompt, as the task needs")
+    describe.add_argument("--box", default=None, help="X1,Y1,X2,Y2 in pixels of the original image (region tasks)")
+    describe.add_argument("--no-grounding", action="store_true", help="custom prompt: do not add <grounding>")
+    add_model_options(describe)
+    describe.add_argument("--strategy", default="greedy", choices=STRATEGIES)
+    for f in _DECODING_FLAGS:
+        describe.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                              help=f"default {f.default}")
+    describe.add_argument("--heatmaps", action="store_true", help="per-token attention heatmaps (PNGs with --out)")
+    describe.add_argument("--batch-size", type=int, default=4, help="images per generate call (default 4)")
+    describe.add_argument("--out", type=Path, default=None, help="folder for annotated and heatmap PNGs")
+
+    tiny = commands.add_parser("tiny-model", help="write a tiny random Kosmos-2 checkpoint for tests and previews")
+    tiny.add_argument("dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype: shared with app.py."""
+    parser.add_argument("--model", default=None,
+                        help="hub id or local folder (default: $KOSMOS_MODEL or microsoft/kosmos-2-patch14-224)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "tiny-model":
+        from .tiny import build_tiny_checkpoint
+
+        path = build_tiny_checkpoint(args.dir, seed=args.seed)
+        print(f"Wrote a tiny random Kosmos-2 checkpoint to {path} (noise outputs; for tests and previews).",
+              file=sys.stderr)
+        return 0
+    return describe(args)
+
+
+def describe(args: argparse.Namespace) -> int:
+    from .engine import EngineError, get_engine
+    from .images import ImageLoadError, load_image
+
+    try:
+        request = Request(
+            task=Task(args.task), text=args.text, box=parse_box(args.box) if args.box else None,
+            grounding=not args.no_grounding, heatmaps=args.heatmaps,
+            decoding=DecodingSettings.from_mapping(
+                {"strategy": args.strategy, **{f.name: getattr(args, f.name) for f in _DECODING_FLAGS}}
+            ),
+        )
+        if args.batch_size < 1:
+            raise SettingsError("batch_size", f"must be at least 1 (got {args.batch_size})")
+    except (SettingsError, PromptError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    paths = list(_expand(args.images))
+    if not paths:
+        print("error: no image files given", file=sys.stderr)
+        return 2
+    try:
+        engine = get_engine(args.model, args.device, args.dtype, progress=lambda m: print(m, file=sys.stderr))
+    except EngineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+    from tqdm import tqdm
+
+    failed = 0
+    names: set[str] = set()
+    bar = tqdm(total=len(paths), desc="images", unit="img", file=sys.stderr, disable=len(paths) < 2)
+    for chunk in _chunks(paths, args.batch_size):
+        ready = []
+        for path in chunk:
+            try:
+                image = load_image(path, engine.image_limits)
+                build_prompt(request, image.size)
+                ready.append((path, image))
+            except (ImageLoadError, PromptError) as error:
+                failed += 1
+                _emit({"image": str(path), "error": str(error)})
+                bar.update(1)
+        if not ready:
+            continue
+        try:
+            results = engine.describe_batch([image for _, image in ready], request)
+        except (EngineError, PromptError, ValueError) as error:
+            for path, _ in ready:
+                failed += 1
+                _emit({"image": str(path), "error": str(error)})
+            bar.update(len(ready))
+            continue
+        for (path, image), result in zip(ready, results):
+            line = {"image": str(path), **result.to_json()}
+            if args.out is not None:
+                line.update(_write_pngs(args.out, _unique_stem(path, names), image, result))
+            _emit(line)
+            bar.update(1)
+    bar.close()
+    return 1 if failed else 0
+
+
+def _write_pngs(out: Path, stem: str, image, result) -> dict:
+    from .render import HeatmapAnnotator, annotate_entities, heatmap_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"annotated": str(out / f"{stem}.annotated.png")}
+    annotate_entities(image, result.entities).save(written["annotated"])
+    if result.heatmaps is not None and len(result.heatmaps):
+        tokens = [t for t in result.tokens if t.heatmap_index is not None]
+        grid = out / f"{stem}.heatmaps.png"
+        heatmap_grid(image, result.heatmaps.maps, [t.text for t in tokens], result.heatmaps.image_share).save(grid)
+        overlay = HeatmapAnnotator()
+        per_token = []
+        for token in tokens:
+            path = out / f"{stem}.heatmap-{token.heatmap_index:03d}.png"
+            overlay.annotate(image, result.heatmaps.maps[token.heatmap_index]).save(path)
+            per_token.append(str(path))
+        written.update(heatmap_grid=str(grid), heatmaps=per_token)
+    return written
+
+
+def _emit(line: dict) -> None:
+    sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _expand(items: Sequence[str]) -> Iterator[Path]:
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            yield from sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        else:
+            yield path  # a missing file becomes an error line, not a crash
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _unique_stem(path: Path, taken: set[str]) -> str:
+    stem, n = path.stem, 2
+    while stem in taken:
+        stem, n = f"{path.stem}-{n}", n + 1
+    taken.add(stem)
+    return stem

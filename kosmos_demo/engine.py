@@ -1,0 +1,507 @@
+"""The Kosmos-2 engine: load once, then preprocess -> forward -> postprocess.
+
+Like a transformers pipeline, each stage hands plain data to the next
+(:class:`Prepared`, :class:`Generated`, then :class:`~kosmos_demo.results.Result`),
+and like segment-anything's ``SamPredictor`` it knows nothing of any UI.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import gc
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import DEFAULT_MODEL
+from .attention import ATTENTION_IMPLEMENTATION, ImageAttentionRecorder, token_heatmaps
+from .grounding import TAG_TOKENS, normalize_box, parse_grounded, to_pixels
+from .images import ImageLimits, load_image
+from .results import Entity, Heatmaps, Result, Token
+from .tasks import PromptError, Request, build_prompt, validate_box
+from .tiny import TINY_MARKER
+
+MODEL_ENV = "KOSMOS_MODEL"
+
+
+class EngineError(RuntimeError):
+    """A request failed in a way the user can act on; the message says how."""
+
+
+class ModelLoadError(EngineError):
+    """The weights could not be loaded; the message is one paragraph for a person."""
+
+
+# --- device, dtype, loading ------------------------------------------------
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; anything else is checked and used as given."""
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise EngineError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"Device {device!r} was asked for, but CUDA is not available here; use --device cpu.")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise EngineError(f"Device {device!r} was asked for, but MPS is not available here; use --device cpu.")
+    return chosen
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device = torch.device("cpu")) -> torch.dtype:
+    """'auto' -> bf16 on CUDA where supported, else fp16 on CUDA/MPS; fp32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "", "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise EngineError(f"Unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16.") from None
+
+
+def _load_failure(source: str, reason: BaseException | str) -> ModelLoadError:
+    local = Path(source).expanduser().exists()
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if local:
+        tried = f"the local folder {source}"
+    else:
+        tried = f"the Hugging Face Hub model {source!r}" + (" (offline mode is on: HF_HUB_OFFLINE=1)" if offline else "")
+    why = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    if len(why) > 300:
+        why = why[:300] + "..."
+    return ModelLoadError(
+        f"Could not load Kosmos-2 from {tried}: {why}. "
+        f"The real weights (about 6.6 GB) come from the Hub on first run and need network access. "
+        f"To use a local checkpoint, pass --model /path/to/folder (or set {MODEL_ENV}=/path/to/folder): a folder "
+        f"written by save_pretrained with config.json, the weights and the processor files, for example "
+        f"`huggingface-cli download {DEFAULT_MODEL} --local-dir DIR` run on a machine with network. "
+        f"For an offline preview with random weights: `python -m kosmos_demo tiny-model /tmp/kosmos-tiny` "
+        f"and then --model /tmp/kosmos-tiny."
+    )
+
+
+# --- plain data between the stages ----------------------------------------
+
+
+@dataclass
+class Prepared:
+    """Model inputs for one batch, and what postprocess needs to read the output."""
+
+    requests: list[Request]
+    images: list[Image.Image]
+    prompts: list[str]
+    inputs: dict[str, torch.Tensor]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Generated:
+    """Token ids out of ``generate`` (prompt included) and the recorded attention."""
+
+    sequences: torch.Tensor
+    slot_rows: torch.Tensor | None = None
+    patch_weights: torch.Tensor | None = None
+    cancelled: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Partial:
+    """What streaming yields before the :class:`Result`: the caption so far."""
+
+    text: str
+    raw_text: str
+    num_generated: int
+
+
+# Left-padded rows need their decoding positions shifted back by their padding.
+_LEFT_PADDING: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("left_padding", default=None)
+
+
+def _shift_positions_past_padding(module, args, kwargs):
+    pads = _LEFT_PADDING.get()
+    past = kwargs.get("past_key_values_length", 0)
+    input_ids = kwargs.get("input_ids")
+    if pads is None or not past or input_ids is None or kwargs.get("position_ids") is not None:
+        return None
+    steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+    positions = past + 1 + module.padding_idx + steps[None, :] - pads.to(input_ids.device)[:, None]
+    return args, {**kwargs, "position_ids": positions}
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _TokenQueue:
+    """A generate() streamer: hands new token ids to another thread."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value):
+        if not self._prompt_seen:  # generate() first puts the prompt
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self):
+        self.queue.put(None)
+
+
+class _StopOnEvent:
+    """A StoppingCriteria that ends generation when ``event`` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+# --- the engine ------------------------------------------------------------
+
+
+class Kosmos2Engine:
+    """Kosmos-2 with grounded parsing, pixel boxes and optional per-token heatmaps."""
+
+    def __init__(self, model, processor, source: str = "", image_limits: ImageLimits = ImageLimits()):
+        self.model = model.eval()
+        self.processor = processor
+        self.source = source
+        self.image_limits = image_limits
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.num_slots = model.config.latent_query_num
+        self.max_positions = model.config.text_config.max_position_embeddings
+        tokenizer = processor.tokenizer
+        self._tag_ids = set(tokenizer.convert_tokens_to_ids(list(TAG_TOKENS)))
+        first = tokenizer.convert_tokens_to_ids("<patch_index_0000>")
+        self._location_ids = range(first, first + processor.num_patch_index_tokens)
+        self._eos_id = tokenizer.eos_token_id
+        self._pad_id = tokenizer.pad_token_id
+        if model.config._attn_implementation != ATTENTION_IMPLEMENTATION:
+            model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+        model.text_model.model.embed_positions.register_forward_pre_hook(
+            _shift_positions_past_padding, with_kwargs=True
+        )
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str | None = None, device: str = "auto", dtype: str = "auto",
+             progress: Callable[[str], None] | None = None) -> "Kosmos2Engine":
+        """``from_pretrained`` for a hub id or a local folder, straight to the target device and dtype."""
+        from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
+
+        source = model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+        target = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, target)
+        say = progress or (lambda message: None)
+        say(f"Loading Kosmos-2 from {source} ({target.type}, {str(torch_dtype).replace('torch.', '')})...")
+        try:
+            config = AutoConfig.from_pretrained(source)
+            if config.model_type != "kosmos-2":
+                raise ValueError(f"it holds a {config.model_type!r} model, not Kosmos-2")
+            processor = AutoProcessor.from_pretrained(source)
+            net = Kosmos2ForConditionalGeneration.from_pretrained(
+                source, dtype=torch_dtype, device_map=str(target), attn_implementation=ATTENTION_IMPLEMENTATION
+            )
+        except (OSError, ValueError, EnvironmentError, KeyError, ImportError) as error:
+            raise _load_failure(source, error) from error
+        say("Model loaded.")
+        return cls(net, processor, source=source)
+
+    @property
+    def is_random_preview(self) -> bool:
+        """True for checkpoints made by ``tiny-model``: their output is noise."""
+        return bool(getattr(self.model.config, TINY_MARKER, False))
+
+    # -- public calls --
+
+    def describe(self, image, request: Request = Request(), logits_processors: Sequence = ()) -> Result:
+        """One image, one request -> one :class:`Result`."""
+        return self.describe_batch([image], [request], logits_processors=logits_processors)[0]
+
+    def describe_batch(self, images: Sequence, requests: Sequence[Request] | Request,
+                       logits_processors: Sequence = ()) -> list[Result]:
+        """Many images through ONE ``generate`` call (left padding, shared decoding settings)."""
+        if isinstance(requests, Request):
+            requests = [requests] * len(images)
+        with self._lock:
+            prepared = self.preprocess(images, requests)
+            generated = self.forward(prepared, logits_processors=logits_processors)
+            return self.postprocess(prepared, generated)
+
+    def stream(self, image, request: Request = Request(), cancel: threading.Event | None = None,
+               logits_processors: Sequence = ()) -> Iterator[Partial | Result]:
+        """Yield :class:`Partial` captions while generating, then the :class:`Result`.
+
+        Setting ``cancel`` (or closing the iterator) stops generation early; the
+        result then holds what was generated so far.
+        """
+        cancel = cancel or threading.Event()
+        with self._lock:
+            prepared = self.preprocess([image], [request])
+            streamer = _TokenQueue()
+            outcome: dict = {}
+
+            def run():
+                try:
+                    outcome["generated"] = self.forward(prepared, streamer=streamer, cancel=cancel,
+                                                        logits_processors=logits_processors)
+                except BaseException as error:  # handed to the consumer below
+                    outcome["error"] = error
+                finally:
+                    streamer.end()
+
+            worker = threading.Thread(target=run, name="kosmos-generate", daemon=True)
+            worker.start()
+            try:
+                prompt_ids = prepared.inputs["input_ids"][0].tolist()
+                new_ids: list[int] = []
+                while True:
+                    ids = streamer.queue.get()
+                    if ids is None:
+                        break
+                    new_ids.extend(ids)
+                    pieces = self._pieces(prompt_ids + new_ids, prepared.inputs["image_embeds_position_mask"][0])
+                    parsed = parse_grounded([(kind, text) for text, kind in pieces])
+                    yield Partial(parsed.text, "".join(text for text, _ in pieces), len(new_ids))
+            finally:
+                cancel.set() if worker.is_alive() and not outcome else None
+                worker.join()
+            if "error" in outcome:
+                raise outcome["error"]
+            yield self.postprocess(prepared, outcome["generated"])[0]
+
+    # -- stages --
+
+    def preprocess(self, images: Sequence, requests: Sequence[Request]) -> Prepared:
+        """Load images safely, build prompts, run the processor (left padding for batches)."""
+        start = time.perf_counter()
+        if len(images) != len(requests):
+            raise ValueError(f"{len(images)} images but {len(requests)} requests")
+        if not images:
+            raise ValueError("no images given")
+        heatmaps = {r.heatmaps for r in requests}
+        decodings = {r.decoding for r in requests}
+        if len(decodings) > 1 or len(heatmaps) > 1:
+            raise ValueError("one batch shares its decoding settings and heatmap choice")
+        loaded = [load_image(image, self.image_limits) for image in images]
+        prompts = [build_prompt(r, img.size) for r, img in zip(requests, loaded)]
+        tokenizer = self.processor.tokenizer
+        tokenizer.padding_side = "left"
+        inputs = self.processor(
+            text=prompts, images=loaded, return_tensors="pt", padding=len(prompts) > 1,
+            num_image_tokens=self.num_slots,
+        )
+        longest = inputs["input_ids"].shape[1] + requests[0].decoding.max_new_tokens
+        if longest > self.max_positions:
+            raise PromptError(
+                f"The prompt ({inputs['input_ids'].shape[1]} tokens) plus max_new_tokens "
+                f"({requests[0].decoding.max_new_tokens}) exceeds the model's {self.max_positions} positions; "
+                "shorten the text or lower max_new_tokens."
+            )
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return Prepared(list(requests), loaded, prompts, inputs, {"preprocess": time.perf_counter() - start})
+
+    @torch.inference_mode()
+    def forward(self, prepared: Prepared, streamer=None, cancel: threading.Event | None = None,
+                logits_processors: Sequence = ()) -> Generated:
+        """Vision once, then ``generate`` with sdpa; image attention recorded only if heatmaps are on."""
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        inputs = prepared.inputs
+        request = prepared.requests[0]
+        settings = request.decoding
+        mask = inputs["image_embeds_position_mask"]
+        slots = mask.nonzero()[:, 1].view(mask.shape[0], -1)
+        prompt_length = inputs["input_ids"].shape[1]
+        beam = settings.strategy == "beam"
+        recorder = ImageAttentionRecorder(self.model, slots, prompt_length - 1) if request.heatmaps else None
+        pads = (inputs["attention_mask"] == 0).sum(dim=1)
+        timings: dict[str, float] = {}
+        token = _LEFT_PADDING.set(pads if bool(pads.any()) else None)
+        try:
+            start = time.perf_counter()
+            with recorder.active() if recorder else _nothing():
+                image_embeds = self._image_embeds(inputs["pixel_values"])
+            timings["vision"] = time.perf_counter() - start
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            stopping = StoppingCriteriaList([_StopOnEvent(cancel)]) if cancel is not None else None
+            start = time.perf_counter()
+            with recorder.active() if recorder and not beam else _nothing():
+                sequences = self.model.generate(
+                    input_ids=inputs["input_ids"],
+                    attention_mask=inputs["attention_mask"],
+                    image_embeds=image_embeds,
+                    image_embeds_position_mask=mask,
+                    use_cache=True,
+                    streamer=streamer,
+                    stopping_criteria=stopping,
+                    logits_processor=LogitsProcessorList(logits_processors) if logits_processors else None,
+                    pad_token_id=self._pad_id,
+                    **settings.generate_kwargs(),
+                )
+            timings["generate"] = time.perf_counter() - start
+            if recorder and beam:
+                start = time.perf_counter()
+                self._teacher_forced(sequences, image_embeds, mask, recorder)
+                timings["heatmaps"] = time.perf_counter() - start
+        except torch.OutOfMemoryError as error:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise EngineError(
+                "The device ran out of memory while generating; try fewer new tokens, fewer beams, "
+                "a smaller batch, or a lower precision (--dtype)."
+            ) from error
+        finally:
+            _LEFT_PADDING.reset(token)
+        generated = Generated(sequences=sequences.cpu(), cancelled=bool(cancel and cancel.is_set()), timings=timings)
+        if recorder:
+            generated.slot_rows = recorder.slot_rows()
+            generated.patch_weights = recorder.patch_weights()
+        return generated
+
+    def postprocess(self, prepared: Prepared, generated: Generated) -> list[Result]:
+        """Token ids -> clean caption, entities in pixels, clickable tokens, heatmaps."""
+        start = time.perf_counter()
+        results = []
+        prompt_length = prepared.inputs["input_ids"].shape[1]
+        for row, (request, image, prompt) in enumerate(zip(prepared.requests, prepared.images, prepared.prompts)):
+            ids = generated.sequences[row].tolist()
+            new_ids = _until_eos(ids[prompt_length:], self._eos_id)
+            prompt_ids = [i for i, keep in zip(ids[:prompt_length], prepared.inputs["attention_mask"][row].tolist()) if keep]
+            mask = prepared.inputs["image_embeds_position_mask"][row][-len(prompt_ids):] if prompt_ids else []
+            pieces = self._pieces(prompt_ids + new_ids, mask)
+            first_generated = len(pieces) - len(new_ids)
+            parsed = parse_grounded([(kind, text) for text, kind in pieces])
+            width, height = image.size
+            entities = []
+            for entity in parsed.entities:
+                from_prompt = entity.piece_range[0] < first_generated
+                normalized = entity.boxes
+                if from_prompt and request.box is not None and request.task.needs_box:
+                    normalized = (normalize_box(validate_box(request.box, image.size), width, height),)
+                pixels = tuple(to_pixels(b, width, height) for b in normalized)
+                if from_prompt and request.box is not None and request.task.needs_box:
+                    pixels = (tuple(int(round(v)) for v in validate_box(request.box, image.size)),)
+                entities.append(Entity(entity.phrase, entity.span, pixels, normalized, from_prompt, entity.complete))
+            heatmaps = None
+            if generated.slot_rows is not None:
+                rows = generated.slot_rows[row, : len(new_ids)].float().numpy()
+                maps, share = token_heatmaps(rows, generated.patch_weights[row].float().numpy())
+                heatmaps = Heatmaps(maps, share)
+            tokens = tuple(
+                Token(text, kind, parsed.piece_spans[i], i >= first_generated,
+                      (i - first_generated) if heatmaps is not None and i >= first_generated else None)
+                for i, (text, kind) in enumerate(pieces)
+            )
+            timings = {**prepared.timings, **generated.timings}
+            results.append(Result(
+                image_size=(width, height), task=request.task.value, prompt=prompt, text=parsed.text,
+                raw_text="".join(text for text, _ in pieces), entities=tuple(entities), tokens=tokens,
+                heatmaps=heatmaps, timings=timings,
+            ))
+        spent = time.perf_counter() - start
+        for result in results:
+            result.timings["postprocess"] = spent / len(results)
+            result.timings["total"] = sum(v for k, v in result.timings.items() if k != "total")
+        return results
+
+    # -- helpers --
+
+    def _image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What ``Kosmos2ForConditionalGeneration.generate`` computes first, done here once."""
+        vision = self.model.vision_model(pixel_values=pixel_values)
+        features = self.model.vision_model.model.post_layernorm(vision[0])
+        features = torch.nn.functional.normalize(features, dim=-1)
+        image_embeds, _ = self.model.image_to_text_projection(features)
+        return image_embeds
+
+    def _teacher_forced(self, sequences, image_embeds, mask, recorder) -> None:
+        """Beam search reorders rows while decoding, so read attention in one pass over the result."""
+        full_mask = torch.zeros_like(sequences, dtype=torch.bool)
+        full_mask[:, : mask.shape[1]] = mask.bool()
+        attention = (sequences != self._pad_id).long()
+        attention[:, : mask.shape[1]] = 1
+        with recorder.active():
+            self.model.text_model.model(
+                input_ids=sequences, attention_mask=attention, image_embeds=image_embeds,
+                image_embeds_position_mask=full_mask, use_cache=False,
+            )
+
+    def _pieces(self, ids: list[int], slot_mask) -> list[tuple[str, str]]:
+        """Token ids after ``</image>`` -> (decoded text, kind) per token."""
+        slot_mask = [int(v) for v in (slot_mask.tolist() if hasattr(slot_mask, "tolist") else slot_mask)]
+        last_slot = max((i for i, v in enumerate(slot_mask) if v), default=-1)
+        ids = ids[last_slot + 2:]  # skip the slots and </image>
+        tokenizer = self.processor.tokenizer
+        pieces, previous = [], ""
+        for end in range(1, len(ids) + 1):
+            text = tokenizer.decode(ids[:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            piece = text[_common_prefix(previous, text):]  # what this token added
+            token_id = ids[end - 1]
+            kind = "location" if token_id in self._location_ids else "tag" if token_id in self._tag_ids else "text"
+            pieces.append((piece, kind))
+            previous = text
+        return pieces
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _until_eos(ids: list[int], eos_id: int) -> list[int]:
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_ENGINES: dict[tuple, Kosmos2Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(model: str | None = None, device: str = "auto", dtype: str = "auto",
+               progress: Callable[[str], None] | None = None) -> Kosmos2Engine:
+    """The process-wide engine for these arguments: loaded on first use, then reused."""
+    key = (model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL, device or "auto", dtype or "auto")
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = Kosmos2Engine.load(*key, progress=progress)
+        return _ENGINES[key]
