@@ -62,12 +62,14 @@ def normalize_box(box: Sequence[float], width: int, height: int) -> NormalizedBo
 def to_pixels(box: NormalizedBox, width: int, height: int) -> PixelBox:
     """Fractions -> integer pixels of the original image, sorted and inside it.
 
+    Halves round up (not to even), so equal fractions give equal pixels.
+
     >>> to_pixels((0.390625, 0.046875, 0.984375, 0.828125), 640, 480)
-    (250, 22, 630, 398)
+    (250, 23, 630, 398)
     """
     x1, y1, x2, y2 = sort_box(box)
-    clip_x = lambda v: min(max(int(round(v * width)), 0), width)  # noqa: E731
-    clip_y = lambda v: min(max(int(round(v * height)), 0), height)  # noqa: E731
+    clip_x = lambda v: min(max(math.floor(v * width + 0.5), 0), width)  # noqa: E731
+    clip_y = lambda v: min(max(math.floor(v * height + 0.5), 0), height)  # noqa: E731
     return (clip_x(x1), clip_y(y1), clip_x(x2), clip_y(y2))
 
 
