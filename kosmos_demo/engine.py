@@ -30,6 +30,17 @@ from .tasks import PromptError, Request, build_prompt, validate_box
 from .tiny import TINY_MARKER
 
 MODEL_ENV = "KOSMOS_MODEL"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+MODEL_SHORTCUTS = {"toy": ASSETS / "toy-model"}
+"""Names ``--model`` accepts besides hub ids and folders."""
+TOY_MARKER = "kosmos_demo_toy"
+"""Config key of the toy checkpoint trained on shapes (see ``python -m kosmos_demo train-toy``)."""
+
+
+def resolve_source(model: str | None = None) -> str:
+    """--model, else $KOSMOS_MODEL, else the hub id; shortcuts like 'toy' become their folder."""
+    source = model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    return str(MODEL_SHORTCUTS.get(source, source))
 
 
 class EngineError(RuntimeError):
@@ -81,7 +92,7 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device = torc
 
 
 def _load_failure(source: str, reason: BaseException | str) -> ModelLoadError:
-    local = Path(source).expanduser().exists()
+    local = Path(source).expanduser().exists() or source.startswith(("/", ".", "~")) or source.count("/") != 1
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if local:
         tried = f"the local folder {source}"
@@ -215,7 +226,7 @@ class Kosmos2Engine:
         """``from_pretrained`` for a hub id or a local folder, straight to the target device and dtype."""
         from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
 
-        source = model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+        source = resolve_source(model)
         target = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, target)
         say = progress or (lambda message: None)
@@ -237,6 +248,17 @@ class Kosmos2Engine:
     def is_random_preview(self) -> bool:
         """True for checkpoints made by ``tiny-model``: their output is noise."""
         return bool(getattr(self.model.config, TINY_MARKER, False))
+
+    @property
+    def preview_note(self) -> str | None:
+        """What a UI must say about a checkpoint that is not the real Kosmos-2, or None."""
+        if self.is_random_preview:
+            return ("Preview: this checkpoint has random weights (built by `python -m kosmos_demo tiny-model`), "
+                    "so captions, boxes and heatmaps are noise. Run with the real model for meaningful output.")
+        if getattr(self.model.config, TOY_MARKER, False):
+            return ("Toy model: a tiny Kosmos-2 trained by this project on generated coloured shapes. "
+                    "It only knows squares, circles and triangles; try the shape examples.")
+        return None
 
     # -- public calls --
 
@@ -500,7 +522,7 @@ _ENGINES_LOCK = threading.Lock()
 def get_engine(model: str | None = None, device: str = "auto", dtype: str = "auto",
                progress: Callable[[str], None] | None = None) -> Kosmos2Engine:
     """The process-wide engine for these arguments: loaded on first use, then reused."""
-    key = (model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL, device or "auto", dtype or "auto")
+    key = (resolve_source(model), device or "auto", dtype or "auto")
     with _ENGINES_LOCK:
         if key not in _ENGINES:
             _ENGINES[key] = Kosmos2Engine.load(*key, progress=progress)

@@ -1,0 +1,70 @@
+"""Property-based checks of the grounding parser and the box geometry."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kosmos_demo.grounding import (
+    DELIMITER,
+    GRID,
+    OBJECT_CLOSE,
+    OBJECT_OPEN,
+    PHRASE_CLOSE,
+    PHRASE_OPEN,
+    TAG_TOKENS,
+    box_to_patch_indices,
+    normalize_box,
+    parse_grounded,
+    patch_indices_to_box,
+    split_markup,
+    to_pixels,
+)
+
+location = st.integers(0, GRID * GRID - 1).map(lambda i: ("location", f"<patch_index_{i:04d}>"))
+tag = st.sampled_from(TAG_TOKENS + (PHRASE_OPEN, PHRASE_CLOSE, OBJECT_OPEN, OBJECT_CLOSE, DELIMITER)).map(lambda t: ("tag", t))
+text = st.text(max_size=8).map(lambda t: ("text", t))
+pieces = st.lists(st.one_of(location, tag, text), max_size=60)
+sizes = st.tuples(st.integers(1, 9000), st.integers(1, 9000))
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces, sizes)
+def test_any_token_string_parses_and_boxes_stay_inside(pieces, size):
+    width, height = size
+    parsed = parse_grounded(pieces)
+    for entity in parsed.entities:
+        start, end = entity.span
+        assert 0 <= start <= end <= len(parsed.text)
+        for box in entity.boxes:
+            x1, y1, x2, y2 = box
+            assert 0.0 <= x1 <= x2 <= 1.0 and 0.0 <= y1 <= y2 <= 1.0
+            px1, py1, px2, py2 = to_pixels(box, width, height)
+            assert 0 <= px1 <= px2 <= width and 0 <= py1 <= py2 <= height
+    assert len(parsed.piece_spans) == len(pieces)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_any_raw_string_parses(raw):
+    parsed = parse_grounded(split_markup(raw))
+    assert "".join(p for _, p in split_markup(raw)) == raw
+    assert parsed.text == parsed.text.strip()
+
+
+coordinate = st.floats(-0.5, 1.5, allow_nan=False)
+
+
+@settings(max_examples=400, deadline=None)
+@given(sizes, coordinate, coordinate, coordinate, coordinate)
+def test_pixel_to_tokens_to_pixel_within_one_cell(size, a, b, c, d):
+    width, height = size
+    box = (a * width, b * height, c * width, d * height)
+    normalized = normalize_box(box, width, height)
+    ul, lr = box_to_patch_indices(normalized)
+    assert 0 <= ul < GRID * GRID and 0 <= lr < GRID * GRID
+    back = patch_indices_to_box(ul, lr)
+    assert back[0] <= back[2] and back[1] <= back[3]
+    for got, want in zip(back, normalized):
+        assert abs(got - want) <= 1.0 / GRID + 1e-9
+    pixels = to_pixels(back, width, height)
+    for got, want, side in zip(pixels, normalized, (width, height, width, height)):
+        assert abs(got - want * side) <= side / GRID + 1
