@@ -280,43 +280,44 @@ class Kosmos2Engine:
                logits_processors: Sequence = ()) -> Iterator[Partial | Result]:
         """Yield :class:`Partial` captions while generating, then the :class:`Result`.
 
-        Setting ``cancel`` (or closing the iterator) stops generation early; the
-        result then holds what was generated so far.
+        Setting ``cancel`` or closing the iterator stops generation at the next
+        step; the result then holds what was generated so far. The model lock is
+        held by the generating thread only, so an abandoned iterator cannot keep
+        other requests waiting for longer than its own ``max_new_tokens``.
         """
         cancel = cancel or threading.Event()
-        with self._lock:
-            prepared = self.preprocess([image], [request])
-            streamer = _TokenQueue()
-            outcome: dict = {}
+        prepared = self.preprocess([image], [request])
+        streamer = _TokenQueue()
+        outcome: dict = {}
 
-            def run():
-                try:
+        def run():
+            try:
+                with self._lock:
                     outcome["generated"] = self.forward(prepared, streamer=streamer, cancel=cancel,
                                                         logits_processors=logits_processors)
-                except BaseException as error:  # handed to the consumer below
-                    outcome["error"] = error
-                finally:
-                    streamer.end()
-
-            worker = threading.Thread(target=run, name="kosmos-generate", daemon=True)
-            worker.start()
-            try:
-                prompt_ids = prepared.inputs["input_ids"][0].tolist()
-                new_ids: list[int] = []
-                while True:
-                    ids = streamer.queue.get()
-                    if ids is None:
-                        break
-                    new_ids.extend(ids)
-                    pieces = self._pieces(prompt_ids + new_ids, prepared.inputs["image_embeds_position_mask"][0])
-                    parsed = parse_grounded([(kind, text) for text, kind in pieces])
-                    yield Partial(parsed.text, "".join(text for text, _ in pieces), len(new_ids))
+            except BaseException as error:  # re-raised in the consumer below
+                outcome["error"] = error
             finally:
-                cancel.set() if worker.is_alive() and not outcome else None
-                worker.join()
-            if "error" in outcome:
-                raise outcome["error"]
-            yield self.postprocess(prepared, outcome["generated"])[0]
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="kosmos-generate", daemon=True)
+        worker.start()
+        prompt_ids = prepared.inputs["input_ids"][0].tolist()
+        slot_mask = prepared.inputs["image_embeds_position_mask"][0]
+        new_ids: list[int] = []
+        try:
+            while (ids := streamer.queue.get()) is not None:
+                new_ids.extend(ids)
+                pieces = self._pieces(prompt_ids + new_ids, slot_mask)
+                parsed = parse_grounded([(kind, text) for text, kind in pieces])
+                yield Partial(parsed.text, "".join(text for text, _ in pieces), len(new_ids))
+        finally:
+            if worker.is_alive():
+                cancel.set()  # closed early: stop generating, do not wait for it
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield self.postprocess(prepared, outcome["generated"])[0]
 
     # -- stages --
 
