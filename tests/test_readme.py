@@ -28,9 +28,8 @@ def test_spaces_front_matter():
     for line in ("sdk: gradio", "app_file: app.py", "- microsoft/kosmos-2-patch14-224", "preload_from_hub:",
                  "suggested_hardware:", "license: mit"):
         assert line in front
-    import gradio
-
-    assert f"sdk_version: {gradio.__version__}" in front
+    version = re.search(r"sdk_version: (\d+)\.(\d+)\.(\d+)", front).groups()
+    assert (6, 16, 0) <= tuple(int(v) for v in version) < (7, 0, 0)  # within requirements.txt's range
 
 
 def test_pinned_security_floor_for_gradio():
