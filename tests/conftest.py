@@ -21,3 +21,62 @@ def tiny_engine(tiny_checkpoint):
     from kosmos_demo.engine import Kosmos2Engine
 
     return Kosmos2Engine.load(str(tiny_checkpoint), device="cpu")
+
+
+# --- the web app (tests/test_app.py, tests/test_browser.py) ----------------
+
+
+@pytest.fixture(scope="session")
+def app_checkpoint(tiny_checkpoint):
+    """The checkpoint the app tests serve; swap in a trained toy checkpoint here when there is one."""
+    return tiny_checkpoint
+
+
+def sharpen_attention(model, projection: float = 50.0, query_key: float = 10.0, decoder: float = 20.0) -> None:
+    """Make a random checkpoint's attention peaky, in place.
+
+    A freshly initialised tiny Kosmos-2 spreads every attention row evenly, so
+    every token's heatmap is the same flat map. Scaling the image projection
+    and the query/key weights gives distinct maps per token, as the real model
+    has, so the tests can see a heatmap change when another token is clicked.
+    """
+    import torch
+
+    with torch.no_grad():
+        projection_layer = model.image_to_text_projection
+        projection_layer.dense.weight.mul_(projection)
+        projection_layer.x_attn.q_proj.weight.mul_(query_key)
+        projection_layer.x_attn.k_proj.weight.mul_(query_key)
+        for layer in model.text_model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(decoder)
+            layer.self_attn.k_proj.weight.mul_(decoder)
+
+
+@pytest.fixture(scope="session")
+def app_engine(app_checkpoint):
+    """The app's own engine instance (not the process-wide cache other tests share)."""
+    from kosmos_demo.engine import Kosmos2Engine
+
+    engine = Kosmos2Engine.load(str(app_checkpoint), device="cpu")
+    if engine.is_random_preview:
+        sharpen_attention(engine.model)
+    return engine
+
+
+@pytest.fixture(scope="session")
+def app_server(app_engine):
+    """The full app on a free loopback port: yields (demo, url); closed at the end of the session."""
+    import socket
+
+    from kosmos_demo.ui import build_demo, launch_options
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = build_demo(app_engine, concurrency=1, max_queue=16)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options())
+    try:
+        yield demo, f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
