@@ -305,14 +305,16 @@ class Kosmos2Engine:
         prompt_ids = prepared.inputs["input_ids"][0].tolist()
         slot_mask = prepared.inputs["image_embeds_position_mask"][0]
         new_ids: list[int] = []
+        ended = False
         try:
             while (ids := streamer.queue.get()) is not None:
                 new_ids.extend(ids)
                 pieces = self._pieces(prompt_ids + new_ids, slot_mask)
                 parsed = parse_grounded([(kind, text) for text, kind in pieces])
                 yield Partial(parsed.text, "".join(text for text, _ in pieces), len(new_ids))
+            ended = True
         finally:
-            if worker.is_alive():
+            if not ended:
                 cancel.set()  # closed early: stop generating, do not wait for it
         worker.join()
         if "error" in outcome:

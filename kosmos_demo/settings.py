@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 STRATEGIES = ("greedy", "beam", "sample")
 
@@ -17,18 +17,27 @@ class SettingsError(ValueError):
         self.field = field
 
 
-# field -> (type, low, high, low inclusive, high inclusive)
-_RANGES: dict[str, tuple[type, float, float, bool, bool]] = {
-    "num_beams": (int, 1, 8, True, True),
-    "length_penalty": (float, -5.0, 5.0, True, True),
-    "temperature": (float, 0.0, 5.0, False, True),
-    "top_p": (float, 0.0, 1.0, False, True),
-    "top_k": (int, 0, 1000, True, True),
-    "max_new_tokens": (int, 1, 1024, True, True),
-    "min_new_tokens": (int, 0, 1024, True, True),
-    "repetition_penalty": (float, 1.0, 3.0, True, True),
-    "no_repeat_ngram_size": (int, 0, 10, True, True),
-    "seed": (int, 0, 2**32 - 1, True, True),
+class Range(NamedTuple):
+    """Allowed values of one numeric field; UIs build their sliders from these."""
+
+    kind: type
+    low: float
+    high: float
+    low_inclusive: bool
+    high_inclusive: bool
+
+
+RANGES: dict[str, Range] = {
+    "num_beams": Range(int, 1, 8, True, True),
+    "length_penalty": Range(float, -5.0, 5.0, True, True),
+    "temperature": Range(float, 0.0, 5.0, False, True),
+    "top_p": Range(float, 0.0, 1.0, False, True),
+    "top_k": Range(int, 0, 1000, True, True),
+    "max_new_tokens": Range(int, 1, 1024, True, True),
+    "min_new_tokens": Range(int, 0, 1024, True, True),
+    "repetition_penalty": Range(float, 1.0, 3.0, True, True),
+    "no_repeat_ngram_size": Range(int, 0, 10, True, True),
+    "seed": Range(int, 0, 2**32 - 1, True, True),
 }
 
 
@@ -61,7 +70,7 @@ class DecodingSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
             raise SettingsError("strategy", f"must be one of {', '.join(STRATEGIES)} (got {self.strategy!r})")
-        for name, (kind, low, high, low_in, high_in) in _RANGES.items():
+        for name, (kind, low, high, low_in, high_in) in RANGES.items():
             value = _coerce(name, getattr(self, name), kind)
             ok_low = value >= low if low_in else value > low
             ok_high = value <= high if high_in else value < high

@@ -176,6 +176,13 @@ def test_stream_yields_partials_then_result(tiny_engine, image):
     assert partials[-1].raw_text == events[-1].raw_text
 
 
+def test_stream_that_ends_normally_leaves_cancel_unset(tiny_engine, image):
+    cancel = threading.Event()
+    for _ in range(5):
+        list(tiny_engine.stream(image, Request(decoding=DecodingSettings(max_new_tokens=2)), cancel=cancel))
+    assert not cancel.is_set()
+
+
 def test_stream_cancel_stops_generation(tiny_engine, image):
     cancel = threading.Event()
     request = Request(decoding=DecodingSettings(max_new_tokens=200, min_new_tokens=200))

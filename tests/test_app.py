@@ -1,0 +1,427 @@
+"""The Gradio app: pure value conversions, the handlers, and the live server over HTTP (gradio_client)."""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from kosmos_demo import ui_values as uv  # noqa: E402
+from kosmos_demo.render import entity_color, entity_label  # noqa: E402
+from kosmos_demo.results import Entity, Heatmaps, Result, Token  # noqa: E402
+from kosmos_demo.settings import SettingsError  # noqa: E402
+from kosmos_demo.tasks import PromptError, Task  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ROCKET = ROOT / "assets" / "examples" / "rocket.jpg"  # 640x427
+ROCKET_BOX = "295,125,345,405"
+SHORT = {"max_new_tokens": 6}
+
+
+def _entity(phrase, span, box, size=(200, 100)):
+    w, h = size
+    return Entity(phrase, span, (box,), ((box[0] / w, box[1] / h, box[2] / w, box[3] / h),))
+
+
+@pytest.fixture
+def fake_result():
+    """'a dog and a dog near a cat': two entities share a phrase; one object has no phrase."""
+    text = "a dog and a dog near a cat"
+    entities = (
+        _entity("a dog", (0, 5), (10, 10, 50, 60)),
+        _entity("a dog", (10, 15), (100, 20, 150, 90)),
+        _entity("a cat", (21, 26), (160, 0, 200, 100)),
+        _entity("", (26, 26), (0, 0, 20, 20)),
+    )
+    tokens = (
+        Token("<grounding>", "tag", None, False),
+        Token("a", "text", (0, 1), False),
+        Token(" dog", "text", (1, 5), True, 0),
+        Token("<patch_index_0044>", "location", None, True, 1),
+        Token(" and", "text", (5, 9), True, 2),
+    )
+    maps = np.zeros((3, 16, 16), dtype=np.float32)
+    maps[0, 0, 0] = maps[1, 15, 15] = maps[2, 8, 8] = 1.0
+    heatmaps = Heatmaps(maps, np.array([0.2, 0.4, 0.1], dtype=np.float32))
+    return Result(image_size=(200, 100), task="brief", prompt="<grounding>An image of", text=text,
+                  raw_text="...", entities=entities, tokens=tokens, heatmaps=heatmaps,
+                  timings={"generate": 0.5, "total": 0.6})
+
+
+# --------------------------------------------------------------------------- pure conversions
+
+
+def test_caption_and_boxes_share_labels_and_colours(fake_result):
+    colors = uv.color_map(fake_result)
+    for i in range(len(fake_result.entities)):
+        assert colors[entity_label(fake_result.entities, i)] == entity_color(i)
+    segments = uv.caption_segments(fake_result)
+    assert "".join(text for text, _ in segments) == fake_result.text
+    highlighted = [(text, label) for text, label in segments if label is not None]
+    assert highlighted == [("a dog", "a dog"), ("a dog", "a dog (2)"), ("a cat", "a cat")]  # duplicates differ
+    _, boxes = uv.annotated_value(Image.new("RGB", (200, 100)), fake_result)
+    assert {label for _, label in boxes} <= set(colors)
+    assert {label for _, label in highlighted} <= {label for _, label in boxes}
+    assert ("region 4" in colors) and ((0, 0, 20, 20), "region 4") in boxes  # unnamed object: box, no text
+
+
+def test_annotated_value_scales_boxes_and_isolates(fake_result):
+    half = Image.new("RGB", (100, 50))
+    image, boxes = uv.annotated_value(half, fake_result)
+    assert image is half
+    assert boxes[0] == ((5, 5, 25, 30), "a dog")
+    assert boxes[1] == ((50, 10, 75, 45), "a dog (2)")
+    _, only = uv.annotated_value(half, fake_result, only=1)
+    assert only == [((50, 10, 75, 45), "a dog (2)")]
+    assert uv.entity_index(fake_result, "a dog (2)") == 1
+    assert uv.entity_index(fake_result, "nothing") is None
+
+
+def test_display_image_downscales_only():
+    big, small = Image.new("RGB", (3000, 1500)), Image.new("RGB", (300, 200))
+    assert uv.display_image(big).size == (1024, 512)
+    assert uv.display_image(small).size == (300, 200)
+    assert uv.scale_box((0, 0, 3000, 1500), (3000, 1500), (1024, 512)) == (0, 0, 1024, 512)
+
+
+def test_token_segments_one_clickable_segment_per_generated_token(fake_result):
+    segments = uv.token_segments(fake_result)
+    assert len(segments) == len(fake_result.tokens)  # segment i is token i: a click's index needs no mapping
+    assert [score for _, score in segments] == [None, None, 0.5, 1.0, 0.25]  # share / largest share
+    assert segments[3][0] == "\u2039loc 44\u203a"
+    assert uv.default_token(fake_result) == 2  # the first generated word
+    overlay, info = uv.token_heatmap(Image.new("RGB", (200, 100), "white"), fake_result, 3)
+    assert overlay.size == (200, 100) and "40%" in info and "loc 44" in info
+    assert uv.token_heatmap(Image.new("RGB", (200, 100)), fake_result, 1) is None  # a prompt token
+    a, _ = uv.token_heatmap(Image.new("RGB", (200, 100), "white"), fake_result, 2)
+    assert a.tobytes() != overlay.tobytes()
+    assert uv.heatmap_overview(Image.new("RGB", (200, 100)), fake_result).width > 200
+
+
+def test_token_text_is_escaped_in_markdown():
+    token = Token("<b>x</b>", "text", (0, 8), True, 0)
+    result = Result((10, 10), "custom", "", "<b>x</b>", "", (), (token,),
+                    Heatmaps(np.ones((1, 16, 16), np.float32), np.array([0.5], np.float32)))
+    _, info = uv.token_heatmap(Image.new("RGB", (10, 10)), result, 0)
+    assert "<b>" not in info and "&lt;b&gt;" in info
+
+
+def test_build_request_rechecks_everything():
+    request = uv.build_request("region", "", "10, 20 30,40", True, True, {"strategy": "sample", "temperature": "0.5"})
+    assert request.box == (10.0, 20.0, 30.0, 40.0) and request.decoding.temperature == 0.5 and request.heatmaps
+    with pytest.raises(SettingsError, match="temperature"):
+        uv.build_request("brief", decoding={"temperature": float("nan")})
+    with pytest.raises(SettingsError, match="num_beams"):
+        uv.build_request("brief", decoding={"num_beams": 1000})
+    with pytest.raises(SettingsError, match="not a decoding setting"):
+        uv.build_request("brief", decoding={"evil": 1})
+    with pytest.raises(PromptError, match="Unknown task"):
+        uv.build_request("nope")
+    with pytest.raises(PromptError, match="four numbers"):
+        uv.build_request("region", box="1,2,3")
+    with pytest.raises(PromptError):
+        uv.build_request("brief", grounding="yes")
+
+
+def test_prompt_preview_is_live_and_explains_problems():
+    assert uv.prompt_preview("brief", "", "", True, None) == "<grounding>An image of"
+    assert uv.prompt_preview("phrase", "a cat", "", True, None) == "<grounding><phrase> a cat</phrase>"
+    assert uv.prompt_preview("region", "", "", True, None).startswith("Load an image")
+    assert "<patch_index_" in uv.prompt_preview("region", "", "0,0,320,200", True, (640, 427))
+    assert uv.prompt_preview("phrase", "", "", True, None).startswith("\u26a0 Phrase grounding needs text")
+    assert "does not cover" in uv.prompt_preview("region", "", "900,900,999,999", True, (640, 427))
+    assert uv.prompt_preview("custom", "Hi", "", False, None) == "Hi"
+
+
+def test_region_preview_draws_the_box_in_the_first_entity_colour():
+    image = Image.new("RGB", (100, 80), "white")
+    drawn = uv.region_preview(image, (20, 20, 60, 50))
+    assert drawn.getpixel((20, 35)) == tuple(int(entity_color(0)[i:i + 2], 16) for i in (1, 3, 5))
+    assert drawn.getpixel((40, 35)) == (255, 255, 255)  # inside stays bright
+    assert drawn.getpixel((5, 5)) != (255, 255, 255)  # outside is dimmed
+    assert uv.region_preview(image, corner=(50, 40)).getpixel((50, 40)) != (255, 255, 255)
+    assert uv.box_from_corners((60, 50), (20, 20), (100, 80)) == (20.0, 20.0, 60.0, 50.0)
+    assert uv.box_from_corners((20, 20), (20, 70), (100, 80)) is None  # no area
+
+
+def test_write_downloads(tmp_path, fake_result):
+    paths = uv.write_downloads(tmp_path, Image.new("RGB", (200, 100)), fake_result, "my photo.jpg")
+    names = [Path(p).name for p in paths]
+    assert names == ["my_photo.annotated.png", "my_photo.entities.json", "my_photo.heatmaps.png",
+                     "my_photo.heatmaps.npz"]
+    assert Image.open(paths[0]).size == (200, 100)  # full resolution
+    record = json.loads(Path(paths[1]).read_text())
+    assert record["image"] == "my photo.jpg" and record["entities"][1]["boxes"] == [[100, 20, 150, 90]]
+    assert np.load(paths[3])["maps"].shape == (3, 16, 16)
+
+
+def test_api_signature_covers_every_decoding_setting():
+    from kosmos_demo.ui import DECODING_FIELDS, KosmosApp
+
+    params = inspect.signature(KosmosApp.api_describe).parameters
+    assert set(DECODING_FIELDS) <= set(params)
+    assert all(params[name].default is None for name in DECODING_FIELDS)
+
+
+# --------------------------------------------------------------------------- handlers, no server
+
+
+@pytest.fixture(scope="module")
+def handlers(app_engine):
+    from kosmos_demo.ui import build_demo
+
+    demo = build_demo(app_engine)
+    return demo.kosmos_app
+
+
+def _run(app, session, task="region", text="", box=ROCKET_BOX, max_new_tokens=8):
+    """The Run handler as the page calls it: decoding widgets in DECODING_FIELDS order."""
+    from kosmos_demo.ui import DECODING_FIELDS
+
+    decoding = [max_new_tokens if name == "max_new_tokens" else None for name in DECODING_FIELDS]
+    return app.run(session, str(ROCKET), None, task, text, box, True, True, *decoding)
+
+
+def test_run_streams_the_caption_then_everything(handlers):
+    updates = list(_run(handlers, SimpleNamespace(session_hash="s1")))
+    c = handlers.c
+    assert updates[0][c["status"]].startswith("Starting")
+    partial = [u for u in updates[1:-1] if c["caption"] in u]
+    assert partial and all(u[c["caption"]][0][1] is None for u in partial)  # plain text while streaming
+    final = updates[-1]
+    shown = final[c["shown"]]
+    assert shown.result.entities[0].boxes == ((295, 125, 345, 405),)
+    assert final[c["status"]].startswith("**Done**")
+    assert len(final[c["downloads"]]) == 4
+    assert final[c["tokens"]] == uv.token_segments(shown.result)
+
+
+def test_stop_and_close_really_stop_generation(handlers, app_engine):
+    session = SimpleNamespace(session_hash="s2")
+    run = _run(handlers, session, task="brief", box="", max_new_tokens=1000)
+    next(run)
+    next(run)  # generating now
+    said = []
+    stopper = threading.Thread(target=lambda: said.append(handlers.stop(session)))
+    stopper.start()
+    updates = list(run)
+    stopper.join(10)
+    assert said and said[0].startswith("**Stopped")  # returned only once the run had ended
+    assert updates[-1] == {handlers.c["status"]: handlers.stop.__globals__["STOPPED"]}
+    assert app_engine._lock.acquire(timeout=10), "generation kept running after Stop"
+    app_engine._lock.release()
+    run = _run(handlers, session, task="brief", box="", max_new_tokens=1000)
+    next(run)
+    next(run)
+    run.close()  # what Gradio does when the Stop button cancels the event
+    assert app_engine._lock.acquire(timeout=10), "generation kept running after the handler was closed"
+    app_engine._lock.release()
+
+
+def test_run_refuses_bad_input_with_readable_errors(handlers):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="needs a box"):
+        next(_run(handlers, SimpleNamespace(session_hash="s3"), box=""))
+    with pytest.raises(gr.Error, match="Upload an image"):
+        next(handlers.run(SimpleNamespace(session_hash="s3"), None, None, "brief", "", "", True, True,
+                          *[None] * 11))
+
+
+def test_region_clicks_make_a_box_and_a_preview(handlers):
+    source = handlers.identify(str(ROCKET), None)
+    assert source.size == (640, 427)
+    first = SimpleNamespace(index=[100, 50])
+    shown, source, prompt, box, corner = handlers.click(str(ROCKET), source, "region", "", "", True, None, first)
+    assert corner == (100.0, 50.0) and box == "" and Path(shown).is_file()
+    second = SimpleNamespace(index=[300, 200])
+    shown, source, prompt, box, corner = handlers.click(shown, source, "region", "", box, True, corner, second)
+    assert box == "100,50,300,200" and corner is None and "<patch_index_" in prompt
+    assert handlers.identify(shown, source).path == source.path  # the preview is not taken for a new upload
+    restored, source, prompt, _ = handlers.refresh(shown, source, "brief", "", box, True)
+    assert restored == source.path and prompt == "<grounding>An image of"
+
+
+# --------------------------------------------------------------------------- the live server
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    from gradio_client import Client
+
+    _, url = app_server
+    return Client(url, verbose=False, download_files=True)
+
+
+def _describe(client, image=ROCKET, **kwargs):
+    from gradio_client import handle_file
+
+    return client.predict(image=handle_file(str(image)), api_name="/describe", **kwargs)
+
+
+def test_api_lists_one_clean_endpoint(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    assert list(api["named_endpoints"]) == ["/describe"]
+    names = [p["parameter_name"] for p in api["named_endpoints"]["/describe"]["parameters"]]
+    assert names[:5] == ["image", "task", "text", "box", "grounding"]
+    assert not api.get("unnamed_endpoints")
+
+
+TASK_INPUTS = {
+    Task.BRIEF: {},
+    Task.DETAILED: {},
+    Task.PHRASE: {"text": "a rocket"},
+    Task.VQA: {"text": "What is this?"},
+    Task.REGION: {"box": ROCKET_BOX},
+    Task.REGION_VQA: {"text": "What is [this] made of?", "box": ROCKET_BOX},
+    Task.CUSTOM: {"text": "An image of"},
+}
+
+
+@pytest.mark.parametrize("task", list(Task), ids=lambda t: t.value)
+def test_api_every_task(client, task):
+    annotated, caption, record = _describe(client, task=task.value, **TASK_INPUTS[task], **SHORT)
+    assert Image.open(annotated).size == (640, 427)  # full resolution
+    assert isinstance(caption, str) and caption == record["text"]
+    assert record["image"] == "rocket.jpg" and record["task"] == task.value
+    assert record["prompt"].startswith("<grounding>")
+    assert len([t for t in record["tokens"] if t["generated"]]) <= 6
+
+
+def test_api_region_returns_the_users_box(client):
+    _, caption, record = _describe(client, task="region", box=ROCKET_BOX, **SHORT)
+    first = record["entities"][0]
+    assert caption.startswith("It is")
+    assert first["phrase"] == "It" and first["from_prompt"] and first["boxes"] == [[295, 125, 345, 405]]
+    assert record["width"] == 640 and record["height"] == 427
+
+
+def test_api_decoding_strategies(client):
+    for settings in ({"strategy": "beam", "num_beams": 2}, {"strategy": "sample", "temperature": 0.7, "seed": 3}):
+        _, caption, record = _describe(client, task="brief", **settings, **SHORT)
+        assert record["text"] == caption
+
+
+BAD_INPUTS = [
+    ({"image": ROOT / "app.py"}, "not an image"),
+    ({"task": "region", "box": "1000,1000,2000,2000"}, "does not cover"),
+    ({"task": "region", "box": "1,2,3"}, "four numbers"),
+    ({"task": "region"}, "needs a box"),
+    ({"strategy": "sample", "temperature": "nan"}, "temperature: must be a finite number"),
+    ({"strategy": "sample", "temperature": -1}, "temperature: must be in"),
+    ({"strategy": "beam", "num_beams": 1000}, "num_beams: must be between 1 and 8"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"strategy": "nucleus"}, "strategy: must be one of"),
+    ({"task": "phrase"}, "Phrase grounding needs text"),
+    ({"task": "vqa", "text": "What is </image> here?"}, "control token '&lt;/image&gt;'"),
+    ({"task": "vqa", "text": "x" * 1001}, "the limit is 1000"),
+    ({"task": "region-vqa", "text": "What is this?", "box": ROCKET_BOX}, "[brackets]"),
+    ({"task": "teleport"}, "Unknown task"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_api_bad_inputs_get_clear_errors_and_the_app_keeps_serving(client, kwargs, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as raised:
+        _describe(client, **kwargs)
+    assert message in str(raised.value)
+    assert "Traceback" not in str(raised.value)
+    _, caption, _ = _describe(client, task="brief", max_new_tokens=2)
+    assert caption.startswith("An image of")
+
+
+def test_api_refuses_a_plain_path_instead_of_an_upload(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="handle_file"):
+        client.predict(image="/etc/hostname", api_name="/describe")
+
+
+def test_ui_events_are_not_callable_by_api_clients(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises((AppError, ValueError)):
+        client.predict(api_name="/run")
+
+
+def test_upload_size_is_limited(client, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(21 * 2**20))
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        _describe(client, image=big)
+
+
+def test_concurrent_requests_are_queued(client):
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(_describe(client, task="brief", max_new_tokens=3))
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and len(results) == 3
+
+
+# --------------------------------------------------------------------------- app.py itself
+
+
+def _app_env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
+
+
+def test_app_exits_with_a_clear_message_when_weights_cannot_load(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "--model", "/nonexistent", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=120, env=_app_env(), cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Could not load Kosmos-2" in done.stderr and "--model" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_app_serves_a_tiny_checkpoint_with_the_preview_banner(app_checkpoint, tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--model", str(app_checkpoint), "--device", "cpu",
+         "--host", "127.0.0.1", "--port", str(port), "--concurrency", "2", "--max-queue", "4"],
+        env=_app_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        config = None
+        while time.time() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
+                    config = json.load(response)
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert config is not None, "app.py did not start serving"
+        text = json.dumps(config)
+        assert "random weights" in text and "preview-banner" in text
+        assert "run-button" in text
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert "Model loaded." in output
