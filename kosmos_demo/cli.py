@@ -37,6 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="write a tiny random Kosmos-2 checkpoint for tests and previews")
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+
+    train_toy = commands.add_parser("train-toy", help="train the small shapes toy from scratch (resumable) in DIR")
+    train_toy.add_argument("dir", type=Path)
+    train_toy.add_argument("--steps", type=int, default=5000)
+    train_toy.add_argument("--batch-size", type=int, default=16)
+    train_toy.add_argument("--seed", type=int, default=0)
+    train_toy.add_argument("--lr", type=float, default=1e-3)
+    train_toy.add_argument("--minutes", type=float, default=None, help="wall-clock budget; stops and saves when spent")
+    train_toy.add_argument("--checkpoint-every", type=int, default=200)
+
+    eval_toy = commands.add_parser("eval-toy", help="score a trained toy against a random-init one on fresh shapes")
+    eval_toy.add_argument("dir", type=Path)
+    eval_toy.add_argument("--images", type=int, default=100, help="single-shape images (default 100)")
+    eval_toy.add_argument("--multi", type=int, default=30, help="extra 2-3 shape images (default 30)")
+    eval_toy.add_argument("--seed", type=int, default=10_000, help="held out: training uses other seeds")
+    eval_toy.add_argument("--no-baseline", action="store_true")
+    eval_toy.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -57,14 +74,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Wrote a tiny random Kosmos-2 checkpoint to {path} (noise outputs; for tests and previews).",
               file=sys.stderr)
         return 0
+    if args.command in ("train-toy", "eval-toy"):
+        return toy_command(args)
     return describe(args)
 
 
-def describe(args: argparse.Namespace) -> int:
-    from .engine import EngineError, get_engine
-    from .images import ImageLoadError, load_image
+def toy_command(args: argparse.Namespace) -> int:
+    import torch
 
-    try:
+    from . import toy
+
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    if args.command == "train-toy":
+        toy.train(args.dir, toy.TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
+                                            minutes=args.minutes, checkpoint_every=args.checkpoint_every))
+        return 0
+    report = toy.evaluate(args.dir, n=args.images, seed=args.seed, multi=args.multi, baseline=not args.no_baseline)
+    print(json.dumps(report, indent=2) if args.json else toy.format_report(report))
+    return 0
+
+
+def describe(args: argparse.Namespace) -> int:
+    try:  # checked before torch is imported: a mistyped flag is answered at once, not after seconds
         request = Request(
             task=Task(args.task), text=args.text, box=parse_box(args.box) if args.box else None,
             grounding=not args.no_grounding, heatmaps=args.heatmaps,
@@ -81,6 +112,9 @@ def describe(args: argparse.Namespace) -> int:
     if not paths:
         print("error: no image files given", file=sys.stderr)
         return 2
+    from .engine import EngineError, get_engine
+    from .images import ImageLoadError, load_image
+
     try:
         engine = get_engine(args.model, args.device, args.dtype, progress=lambda m: print(m, file=sys.stderr))
     except EngineError as error:
