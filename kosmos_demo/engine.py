@@ -28,13 +28,12 @@ from .images import ImageLimits, load_image
 from .results import Entity, Heatmaps, Result, Token
 from .tasks import PromptError, Request, build_prompt, validate_box
 from .tiny import TINY_MARKER
+from .toy import TOY_MARKER
 
 MODEL_ENV = "KOSMOS_MODEL"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MODEL_SHORTCUTS = {"toy": ASSETS / "toy-model"}
 """Names ``--model`` accepts besides hub ids and folders."""
-TOY_MARKER = "kosmos_demo_toy"
-"""Config key of the toy checkpoint trained on shapes (see ``python -m kosmos_demo train-toy``)."""
 
 
 def resolve_source(model: str | None = None) -> str:
@@ -98,7 +97,7 @@ def _load_failure(source: str, reason: BaseException | str) -> ModelLoadError:
         tried = f"the local folder {source}"
     else:
         tried = f"the Hugging Face Hub model {source!r}" + (" (offline mode is on: HF_HUB_OFFLINE=1)" if offline else "")
-    why = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    why = str(reason).strip().splitlines()[0].rstrip(".") if str(reason).strip() else type(reason).__name__
     if len(why) > 300:
         why = why[:300] + "..."
     return ModelLoadError(
@@ -239,7 +238,7 @@ class Kosmos2Engine:
             net = Kosmos2ForConditionalGeneration.from_pretrained(
                 source, dtype=torch_dtype, device_map=str(target), attn_implementation=ATTENTION_IMPLEMENTATION
             )
-        except (OSError, ValueError, EnvironmentError, KeyError, ImportError) as error:
+        except Exception as error:  # OSError, ValueError, SafetensorError (truncated file), RuntimeError (shapes)...
             raise _load_failure(source, error) from error
         say("Model loaded.")
         return cls(net, processor, source=source)
@@ -318,7 +317,7 @@ class Kosmos2Engine:
                 cancel.set()  # closed early: stop generating, do not wait for it
         worker.join()
         if "error" in outcome:
-            raise outcome["error"]
+            raise outcome.pop("error")  # popped: the error's traceback refers back to `outcome` (a cycle)
         yield self.postprocess(prepared, outcome["generated"])[0]
 
     # -- stages --
@@ -370,6 +369,7 @@ class Kosmos2Engine:
         pads = (inputs["attention_mask"] == 0).sum(dim=1)
         timings: dict[str, float] = {}
         token = _LEFT_PADDING.set(pads if bool(pads.any()) else None)
+        out_of_memory = False
         try:
             start = time.perf_counter()
             with recorder.active() if recorder else _nothing():
@@ -397,16 +397,21 @@ class Kosmos2Engine:
                 start = time.perf_counter()
                 self._teacher_forced(sequences, image_embeds, mask, recorder)
                 timings["heatmaps"] = time.perf_counter() - start
-        except torch.OutOfMemoryError as error:
+        except torch.OutOfMemoryError:
+            # Handled after the except block: until it ends, the exception's traceback keeps the
+            # KV cache and activations of generate() alive, so nothing could be freed here.
+            out_of_memory = True
+        finally:
+            _LEFT_PADDING.reset(token)
+        if out_of_memory:
+            image_embeds = recorder = None
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            raise EngineError(
+            raise EngineError(  # no __cause__: it would keep those tensors alive for as long as the error lives
                 "The device ran out of memory while generating; try fewer new tokens, fewer beams, "
                 "a smaller batch, or a lower precision (--dtype)."
-            ) from error
-        finally:
-            _LEFT_PADDING.reset(token)
+            )
         generated = Generated(sequences=sequences.cpu(), cancelled=bool(cancel and cancel.is_set()), timings=timings)
         if recorder:
             generated.slot_rows = recorder.slot_rows()

@@ -29,6 +29,7 @@ from .engine import EngineError, Partial  # noqa: E402
 from .images import ImageLoadError, load_image  # noqa: E402
 from .results import Result  # noqa: E402
 from .settings import RANGES, STRATEGIES, DecodingSettings, SettingsError  # noqa: E402
+from .toy import TOY_MARKER  # noqa: E402
 from .tasks import MAX_TEXT_CHARS, PromptError, Task, build_prompt, validate_box  # noqa: E402
 
 try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only while a decorated function runs
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLES = ASSETS / "examples"
+TOY_EXAMPLES = ASSETS / "toy-examples"
 MAX_FILE_SIZE = "20mb"
 """Largest upload the server accepts (Gradio refuses bigger ones before they reach a handler)."""
 
@@ -624,18 +626,28 @@ def _decoding_widgets() -> dict[str, gr.components.Component]:
 
 def _banner(engine) -> str | None:
     note = getattr(engine, "preview_note", None)
-    if note is None and getattr(engine, "is_random_preview", False):
-        note = "Preview: this checkpoint has random weights, so captions, boxes and heatmaps are noise."
     if not note:
         return None
     return f"\u26a0\ufe0f **{html.escape(note, quote=False)}**  \nModel: `{html.escape(str(engine.source))}`"
+
+
+def default_examples(engine) -> list[list[str]]:
+    """The photo examples, or for the shapes toy its own generated shape images (it knows nothing else)."""
+    if getattr(engine.model.config, TOY_MARKER, False):
+        shapes = sorted(TOY_EXAMPLES.glob("*.png"))
+        rows = [[str(path), Task.BRIEF.value, "", ""] for path in shapes]
+        red_circle = TOY_EXAMPLES / "red-circle.png"
+        if red_circle.exists():
+            rows.append([str(red_circle), Task.PHRASE.value, "the red circle", ""])
+        return rows
+    return [[str(EXAMPLES / r[0]), *r[1:]] for r in EXAMPLE_ROWS]
 
 
 def build_demo(engine, concurrency: int = 1, max_queue: int | None = 32,
                examples: list[list[str]] | None = None) -> gr.Blocks:
     """The whole page over ``engine``, queued (``concurrency`` runs of the model at once)."""
     app = KosmosApp(engine)
-    rows = examples if examples is not None else [[str(EXAMPLES / r[0]), *r[1:]] for r in EXAMPLE_ROWS]
+    rows = examples if examples is not None else default_examples(engine)
     c: dict[str, Any] = {}
     app.c = c
     ui = dict(api_visibility="private", concurrency_limit=None, show_progress="hidden", queue=True)
@@ -716,7 +728,7 @@ def build_demo(engine, concurrency: int = 1, max_queue: int | None = 32,
                     c["timings"] = gr.Markdown(elem_id="timings")
 
         gr.Examples(rows, inputs=[image, task, text, box], cache_examples=False, examples_per_page=8,
-                    label="Examples (public-domain photos; nothing runs until you press Run)",
+                    label="Examples (nothing runs until you press Run)",
                     api_visibility="private")
 
         source = gr.State(None)

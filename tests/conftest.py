@@ -63,9 +63,8 @@ def app_engine(app_checkpoint):
     return engine
 
 
-@pytest.fixture(scope="session")
-def app_server(app_engine):
-    """The full app on a free loopback port: yields (demo, url); closed at the end of the session."""
+def _serve(engine):
+    """The full app over ``engine`` on a free loopback port: yields (demo, url), then closes it."""
     import socket
 
     from kosmos_demo.ui import build_demo, launch_options
@@ -73,10 +72,26 @@ def app_server(app_engine):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    demo = build_demo(app_engine, concurrency=1, max_queue=16)
+    demo = build_demo(engine, concurrency=1, max_queue=16)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **launch_options())
     try:
         yield demo, f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_server(app_engine):
+    """The full app on the tiny checkpoint: yields (demo, url); closed at the end of the session."""
+    yield from _serve(app_engine)
+
+
+@pytest.fixture(scope="module")
+def toy_server():
+    """The full app on the committed shapes toy (skipped if it is missing)."""
+    from kosmos_demo.engine import MODEL_SHORTCUTS, Kosmos2Engine
+
+    if not (MODEL_SHORTCUTS["toy"] / "config.json").is_file():
+        pytest.skip("assets/toy-model is missing: train it with python -m kosmos_demo train-toy")
+    yield from _serve(Kosmos2Engine.load("toy", device="cpu"))
