@@ -123,38 +123,46 @@ def describe(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    failed = 0
     names: set[str] = set()
+    lines: dict[int, dict] = {}  # by input position: printed in the order the images were given
+    printed = failed = 0
+    batch: list[tuple[int, Path, object]] = []
     bar = tqdm(total=len(paths), desc="images", unit="img", file=sys.stderr, disable=len(paths) < 2)
-    for chunk in _chunks(paths, args.batch_size):
-        ready = []
-        for path in chunk:
-            try:
-                image = load_image(path, engine.image_limits)
-                build_prompt(request, image.size)
-                ready.append((path, image))
-            except (ImageLoadError, PromptError) as error:
-                failed += 1
-                _emit({"image": str(path), "error": str(error)})
-                bar.update(1)
-        if not ready:
-            continue
+    for index, path in enumerate(paths):
         try:
-            results = engine.describe_batch([image for _, image in ready], request)
-        except (EngineError, PromptError, ValueError) as error:
-            for path, _ in ready:
-                failed += 1
-                _emit({"image": str(path), "error": str(error)})
-            bar.update(len(ready))
-            continue
-        for (path, image), result in zip(ready, results):
-            line = {"image": str(path), **result.to_json()}
-            if args.out is not None:
-                line.update(_write_pngs(args.out, _unique_stem(path, names), image, result))
+            image = load_image(path, engine.image_limits)
+            build_prompt(request, image.size)
+            batch.append((index, path, image))
+        except (ImageLoadError, PromptError) as error:
+            lines[index] = {"image": str(path), "error": str(error)}
+        if batch and (len(batch) == args.batch_size or index == len(paths) - 1):
+            lines.update(_run_batch(engine, request, batch, args.out, names))
+            batch = []
+        while printed in lines:
+            line = lines.pop(printed)
+            failed += "error" in line
             _emit(line)
             bar.update(1)
+            printed += 1
     bar.close()
     return 1 if failed else 0
+
+
+def _run_batch(engine, request, batch, out: Path | None, names: set[str]) -> dict[int, dict]:
+    """One generate call for up to --batch-size loaded images -> their JSON lines by input position."""
+    from .engine import EngineError
+
+    try:
+        results = engine.describe_batch([image for _, _, image in batch], request)
+    except (EngineError, PromptError, ValueError) as error:
+        return {index: {"image": str(path), "error": str(error)} for index, path, _ in batch}
+    lines = {}
+    for (index, path, image), result in zip(batch, results):
+        line = {"image": str(path), **result.to_json()}
+        if out is not None:
+            line.update(_write_pngs(out, _unique_stem(path, names), image, result))
+        lines[index] = line
+    return lines
 
 
 def _write_pngs(out: Path, stem: str, image, result) -> dict:
@@ -189,11 +197,6 @@ def _expand(items: Sequence[str]) -> Iterator[Path]:
             yield from sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         else:
             yield path  # a missing file becomes an error line, not a crash
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _unique_stem(path: Path, taken: set[str]) -> str:

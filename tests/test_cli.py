@@ -88,3 +88,12 @@ def test_tiny_model_command_writes_a_loadable_checkpoint(tmp_path):
     assert len(processor.tokenizer) == model.config.text_config.vocab_size
     for token in ("<grounding>", "<phrase>", "</object>", "<patch_index_0000>", "<patch_index_1023>"):
         assert processor.tokenizer.convert_tokens_to_ids(token) != processor.tokenizer.unk_token_id
+
+
+def test_lines_follow_the_order_images_were_given(tiny_checkpoint, folder):
+    order = ["c.webp", "broken.png", "a.png", "b.jpg"]
+    done = run_cli("describe", *[str(folder / name) for name in order], "--model", str(tiny_checkpoint),
+                   "--max-new-tokens", "2", "--batch-size", "2")
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [Path(line["image"]).name for line in lines] == order
+    assert "error" in lines[1] and all("error" not in lines[i] for i in (0, 2, 3))
