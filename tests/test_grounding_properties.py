@@ -68,3 +68,60 @@ def test_pixel_to_tokens_to_pixel_within_one_cell(size, a, b, c, d):
     pixels = to_pixels(back, width, height)
     for got, want, side in zip(pixels, normalized, (width, height, width, height)):
         assert abs(got - want * side) <= side / GRID + 1
+
+
+# --- added by the reliability pass: markup-dense raw strings, real token ids, the textual round trip ---
+
+markup = st.sampled_from(TAG_TOKENS + (DELIMITER,)) | st.integers(0, 9999).map(lambda i: f"<patch_index_{i:04d}>") \
+    | st.sampled_from(["<patch_index_12>", "<patch_index_00001>", "<phrase", "</object", "<", ">", "<b>"])
+dense_raw = st.lists(markup | st.text(max_size=6), max_size=40).map("".join)
+
+
+def _assert_inside(parsed, width, height):
+    for entity in parsed.entities:
+        start, end = entity.span
+        assert 0 <= start <= end <= len(parsed.text)
+        for box in entity.boxes:
+            x1, y1, x2, y2 = box
+            assert 0.0 <= x1 <= x2 <= 1.0 and 0.0 <= y1 <= y2 <= 1.0
+            px1, py1, px2, py2 = to_pixels(box, width, height)
+            assert 0 <= px1 <= px2 <= width and 0 <= py1 <= py2 <= height
+
+
+@settings(max_examples=400, deadline=None)
+@given(dense_raw, sizes)
+def test_markup_dense_strings_parse_and_boxes_stay_inside(raw, size):
+    """Out-of-range location tokens (<patch_index_9999>), stray and half tags: never an exception."""
+    pieces = split_markup(raw)
+    assert "".join(p for _, p in pieces) == raw
+    parsed = parse_grounded(pieces)
+    assert len(parsed.piece_spans) == len(pieces)
+    _assert_inside(parsed, *size)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ids=st.lists(st.integers(0, 10**6), max_size=24), size=sizes)
+def test_any_token_ids_from_the_model_parse_and_stay_inside(tiny_engine, ids, size):
+    """What the engine does with generated ids, for any ids at all (folded into the vocabulary)."""
+    vocab = len(tiny_engine.processor.tokenizer)
+    pieces = tiny_engine._pieces([0] + [i % vocab for i in ids], [])  # no slots: all but the first id are read
+    parsed = parse_grounded([(kind, text) for text, kind in pieces])
+    assert len(parsed.piece_spans) == len(pieces)
+    _assert_inside(parsed, *size)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes, coordinate, coordinate, coordinate, coordinate)
+def test_pixel_box_through_prompt_text_and_back_within_one_cell(size, a, b, c, d):
+    """The region tasks' path: pixels -> <patch_index_...> text -> parsed -> pixels, within one cell."""
+    from kosmos_demo.grounding import location_tokens
+
+    width, height = size
+    normalized = normalize_box((a * width, b * height, c * width, d * height), width, height)
+    raw = f"<phrase> it</phrase><object>{location_tokens(normalized)}</object> is"
+    (entity,) = parse_grounded(split_markup(raw)).entities
+    assert entity.phrase == "it" and entity.complete
+    back = to_pixels(entity.boxes[0], width, height)
+    for got, want, side in zip(back, normalized, (width, height, width, height)):
+        assert abs(got - want * side) <= side / GRID + 1
+    assert back[0] <= back[2] and back[1] <= back[3]
