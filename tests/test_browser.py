@@ -22,18 +22,28 @@ FIRST_ENTITY_RGB = "31, 119, 180"  # render.entity_color(0) == "#1f77b4"
 
 
 @pytest.fixture(scope="module")
-def page(app_server):
+def browser():
+    """One Debian chromium for the module (Playwright's sync API allows one driver at a time)."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    _, url = app_server
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1440, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        page.goto(url)
-        page.wait_for_selector("#run-button")
-        yield page
+        yield browser
         browser.close()
+
+
+def _open(browser, url, timeout_ms=30_000):
+    page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+    page.set_default_timeout(timeout_ms)
+    page.goto(url)
+    page.wait_for_selector("#run-button")
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, app_server):
+    page = _open(browser, app_server[1])
+    yield page
+    page.context.close()
 
 
 def _wait_done(page):
@@ -154,29 +164,22 @@ def test_stop_ends_the_generation(page, app_engine):
 TOY_SHAPE = ROOT / "assets" / "toy-examples" / "red-circle.png"
 
 
-def test_toy_draws_boxes_on_shapes_and_heatmaps_over_them(toy_server):
+def test_toy_draws_boxes_on_shapes_and_heatmaps_over_them(browser, toy_server):
     """On the shapes toy the page shows a real grounded caption, its box and a heatmap: the screenshot to look at."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    _, url = toy_server
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
-        page.set_default_timeout(60_000)
-        page.goto(url)
-        page.wait_for_selector("#run-button")
-        assert "Toy model" in page.inner_text("#preview-banner")
-        page.set_input_files("#input-image input[type=file]", str(TOY_SHAPE))
-        page.wait_for_selector("#input-image img")
-        page.click("#run-button")
-        _wait_done(page)
-        assert _caption(page).startswith("An image of")
-        assert re.search(r"\b[1-9]\d* grounded phrase", page.inner_text("#status"))  # the toy drew a box
-        before = _heatmap_bytes(page)
-        tokens = page.locator("#tokens .token")
-        tokens.nth(tokens.count() - 2).click()
-        page.wait_for_function("document.querySelector('#heatmap-info')?.innerText.includes('Token')")
-        page.wait_for_timeout(500)
-        assert _heatmap_bytes(page) != before
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "browser-toy.png"), full_page=True)
-        browser.close()
+    page = _open(browser, toy_server[1], timeout_ms=60_000)
+    assert "Toy model" in page.inner_text("#preview-banner")
+    page.set_input_files("#input-image input[type=file]", str(TOY_SHAPE))
+    page.wait_for_selector("#input-image img")
+    page.click("#run-button")
+    _wait_done(page)
+    assert _caption(page).startswith("An image of")
+    assert re.search(r"\b[1-9]\d* grounded phrase", page.inner_text("#status"))  # the toy drew a box
+    before = _heatmap_bytes(page)
+    tokens = page.locator("#tokens .token")
+    tokens.nth(tokens.count() - 2).click()
+    page.wait_for_function("document.querySelector('#heatmap-info')?.innerText.includes('Token')")
+    page.wait_for_timeout(500)
+    assert _heatmap_bytes(page) != before
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-toy.png"), full_page=True)
+    page.context.close()
