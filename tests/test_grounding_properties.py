@@ -29,16 +29,8 @@ sizes = st.tuples(st.integers(1, 9000), st.integers(1, 9000))
 @settings(max_examples=400, deadline=None)
 @given(pieces, sizes)
 def test_any_token_string_parses_and_boxes_stay_inside(pieces, size):
-    width, height = size
     parsed = parse_grounded(pieces)
-    for entity in parsed.entities:
-        start, end = entity.span
-        assert 0 <= start <= end <= len(parsed.text)
-        for box in entity.boxes:
-            x1, y1, x2, y2 = box
-            assert 0.0 <= x1 <= x2 <= 1.0 and 0.0 <= y1 <= y2 <= 1.0
-            px1, py1, px2, py2 = to_pixels(box, width, height)
-            assert 0 <= px1 <= px2 <= width and 0 <= py1 <= py2 <= height
+    _assert_inside(parsed, *size)
     assert len(parsed.piece_spans) == len(pieces)
 
 
