@@ -64,7 +64,9 @@ def print_summary(report: Report) -> None:
         print(f"  load: engine {engine[0]:.2f} s / bare {bare[0]:.2f} s = {engine[0] / bare[0]:.2f}; "
               f"peak RSS engine {engine[1] / GiB:.2f} GiB / bare {bare[1] / GiB:.2f} GiB = {engine[1] / bare[1]:.2f}")
     if report.memory:
-        print(f"  heatmaps keep {report.memory.kept_bytes} bytes per request ({report.memory.kept_shapes})")
+        memory = report.memory
+        print(f"  heatmaps keep {memory.kept_bytes} bytes per request ({memory.kept_shapes}); recording took "
+              f"{memory.recorder_seconds:.3f} s of a {memory.forward_seconds:.2f} s forward")
     if report.leak:
         leak = report.leak
         print(f"  leak: RSS {leak.growth / MiB:+.1f} MiB ({100 * leak.growth / leak.rss_after_warmup:+.2f} %) "
@@ -188,7 +190,11 @@ def render_markdown(report: Report) -> str:
         memory = report.memory
         lines += [f"Heatmap memory: a request keeps {memory.kept_bytes:,} bytes of recorded attention "
                   f"({memory.kept_shapes}); its Result holds {memory.result_bytes:,} bytes of maps and shares "
-                  f"({memory.tokens} tokens).", ""]
+                  f"({memory.tokens} tokens).", "",
+                  f"Heatmap recording cost, instrumented in one request: {memory.recorder_seconds:.3f} s in "
+                  f"{memory.recorder_calls} `ImageAttentionRecorder.observe` calls, "
+                  f"{100 * memory.recorder_seconds / memory.forward_seconds:.1f} % of that request's "
+                  f"{memory.forward_seconds:.2f} s `engine.forward`.", ""]
     if report.leak:
         leak = report.leak
         trace = ", ".join(f"{n}: {rss / MiB:.0f}" for n, rss in leak.trace)

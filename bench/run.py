@@ -183,6 +183,9 @@ class MemoryResult:
     kept_shapes: str
     result_bytes: int  # Heatmaps.maps + image_share in the Result
     tokens: int
+    recorder_seconds: float  # time inside ImageAttentionRecorder.observe for that request
+    recorder_calls: int
+    forward_seconds: float  # the whole engine.forward of that request
 
 
 @dataclass
@@ -430,11 +433,34 @@ def measure_loading(directory: Path, device: torch.device, dtype: torch.dtype, r
 
 
 def measure_memory(setup: Setup) -> MemoryResult:
-    """What one heatmap request keeps: the recorded attention, then the maps in the Result."""
+    """One heatmap request, instrumented: what it keeps, and the time spent recording attention.
+
+    Wall-time ratios (c/a) carry the machine's noise; this counts the recorder's
+    own seconds inside the very run, which no other load can blur much.
+    """
+    from kosmos_demo.attention import ImageAttentionRecorder
+
     engine = setup.engine
     use_attention(setup.model, _engine_attention())()
+    spent = {"seconds": 0.0, "calls": 0}
+    observe = ImageAttentionRecorder.observe
+
+    def timed_observe(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return observe(self, *args, **kwargs)
+        finally:
+            spent["seconds"] += time.perf_counter() - start
+            spent["calls"] += 1
+
     prepared = engine.preprocess([setup.images[0]], [setup.request(heatmaps=True)])
-    generated = engine.forward(prepared)
+    ImageAttentionRecorder.observe = timed_observe
+    try:
+        start = time.perf_counter()
+        generated = engine.forward(prepared)
+        forward_seconds = time.perf_counter() - start
+    finally:
+        ImageAttentionRecorder.observe = observe
     kept = [generated.slot_rows, generated.patch_weights]
     result = engine.postprocess(prepared, generated)[0]
     return MemoryResult(
@@ -442,6 +468,7 @@ def measure_memory(setup: Setup) -> MemoryResult:
         kept_shapes=", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in kept),
         result_bytes=result.heatmaps.maps.nbytes + result.heatmaps.image_share.nbytes,
         tokens=len(result.heatmaps),
+        recorder_seconds=spent["seconds"], recorder_calls=spent["calls"], forward_seconds=forward_seconds,
     )
 
 

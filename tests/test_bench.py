@@ -37,8 +37,8 @@ def test_every_part_reports_into_its_own_section(tiny_run):
     assert "the full-size table" in text  # and so does another size's section
     section = text.split("<!-- bench:tiny:begin -->")[1].split("<!-- bench:tiny:end -->")[0]
     assert "`python -m bench --size tiny --tokens 3" in section
-    for needle in ("| a |", "| b |", "| c |", "Batch (d)", "App (e)", "Heatmap memory", "Leak check",
-                   "Peak RSS", "torch 2", "transformers", "gradio", "Machine load", "| b/a <= 1.05 |"):
+    for needle in ("| a |", "| b |", "| c |", "Batch (d)", "App (e)", "Heatmap memory", "Heatmap recording cost",
+                   "Leak check", "Peak RSS", "torch 2", "transformers", "gradio", "Machine load", "| b/a <= 1.05 |"):
         assert needle in section, needle
 
 
