@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
     parser.add_argument("--strategy", choices=["greedy", "beam"], default="greedy",
                         help="decoding for every variant (beam: heatmaps take one teacher-forced pass)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model's forward (GPU mainly)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the vision and text forwards (GPU mainly)")
     parser.add_argument("--onednn", action="store_true",
                         help="CPU prototype: every nn.Linear on oneDNN-packed weights (see bench/onednn.py)")
     parser.add_argument("--quantize", choices=["none", "8bit", "4bit"], default="none",
