@@ -8,6 +8,7 @@ and like segment-anything's ``SamPredictor`` it knows nothing of any UI.
 from __future__ import annotations
 
 import contextvars
+from contextlib import nullcontext
 import gc
 import os
 import queue
@@ -372,14 +373,14 @@ class Kosmos2Engine:
         out_of_memory = False
         try:
             start = time.perf_counter()
-            with recorder.active() if recorder else _nothing():
+            with recorder.active() if recorder else nullcontext():
                 image_embeds = self._image_embeds(inputs["pixel_values"])
             timings["vision"] = time.perf_counter() - start
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
             stopping = StoppingCriteriaList([_StopOnEvent(cancel)]) if cancel is not None else None
             start = time.perf_counter()
-            with recorder.active() if recorder and not beam else _nothing():
+            with recorder.active() if recorder and not beam else nullcontext():
                 sequences = self.model.generate(
                     input_ids=inputs["input_ids"],
                     attention_mask=inputs["attention_mask"],
@@ -436,11 +437,11 @@ class Kosmos2Engine:
             for entity in parsed.entities:
                 from_prompt = entity.piece_range[0] < first_generated
                 normalized = entity.boxes
-                if from_prompt and request.box is not None and request.task.needs_box:
-                    normalized = (normalize_box(validate_box(request.box, image.size), width, height),)
                 pixels = tuple(to_pixels(b, width, height) for b in normalized)
                 if from_prompt and request.box is not None and request.task.needs_box:
-                    pixels = (tuple(int(round(v)) for v in validate_box(request.box, image.size)),)
+                    users_box = validate_box(request.box, image.size)  # the user's own box, not its grid cells
+                    normalized = (normalize_box(users_box, width, height),)
+                    pixels = (tuple(int(round(v)) for v in users_box),)
                 entities.append(Entity(entity.phrase, entity.span, pixels, normalized, from_prompt, entity.complete))
             heatmaps = None
             if generated.slot_rows is not None:
@@ -513,14 +514,6 @@ def _common_prefix(a: str, b: str) -> int:
 
 def _until_eos(ids: list[int], eos_id: int) -> list[int]:
     return ids[: ids.index(eos_id)] if eos_id in ids else ids
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 _ENGINES: dict[tuple, Kosmos2Engine] = {}
