@@ -82,7 +82,6 @@ def _median_load(report: Report, kind: str) -> tuple[float, int]:
 
 
 def environment() -> dict[str, str]:
-    import gradio
     import torch
     import transformers
 
@@ -101,12 +100,23 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "gradio": gradio.__version__,
+        "gradio": _version_or_absent("gradio"),
         "CPU": f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
     }
     if torch.cuda.is_available():
         info["GPU"] = torch.cuda.get_device_name()
+        info["bitsandbytes"] = _version_or_absent("bitsandbytes")
     return info
+
+
+def _version_or_absent(package: str) -> str:
+    """A GPU box may lack the app's packages (part e is then skipped): the report still gets written."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _fastest(series: Series) -> float:
