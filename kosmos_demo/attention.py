@@ -62,6 +62,7 @@ class ImageAttentionRecorder:
         self._num_patches = model.config.vision_config.image_size // model.config.vision_config.patch_size
         self._num_patches **= 2
         self._slots = slot_positions
+        self._slot_index: torch.Tensor | None = None  # _slots on the model's device, copied once
         self._first_row = first_row
         self._steps: list[torch.Tensor] = []
         self._patches: torch.Tensor | None = None
@@ -88,7 +89,10 @@ class ImageAttentionRecorder:
             return
         mask = attention_mask[:, :, first:, :] if attention_mask is not None else None
         probs = _softmax_rows(query[:, :, first:], key, mask, scaling)  # (B, H, rows, keys)
-        index = self._slots.to(probs.device)[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1)
+        if self._slot_index is None or self._slot_index.device != probs.device:
+            # once, not per layer and step: a host-to-GPU copy would stall the asynchronous decode each time
+            self._slot_index = self._slots.to(probs.device)
+        index = self._slot_index[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1)
         image = probs.gather(-1, index).mean(dim=1)  # (B, rows, slots)
         if layer == 0:
             self._steps.append(image)
