@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_toy.add_argument("--lr", type=float, default=1e-3)
     train_toy.add_argument("--minutes", type=float, default=None, help="wall-clock budget; stops and saves when spent")
     train_toy.add_argument("--checkpoint-every", type=int, default=200)
+    train_toy.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    train_toy.add_argument("--workers", type=int, default=None,
+                           help="processes generating batches ahead (default: 0 on CPU, up to 8 with a GPU)")
 
     eval_toy = commands.add_parser("eval-toy", help="score a trained toy against a random-init one on fresh shapes")
     eval_toy.add_argument("dir", type=Path)
@@ -87,7 +90,8 @@ def toy_command(args: argparse.Namespace) -> int:
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     if args.command == "train-toy":
         toy.train(args.dir, toy.TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
-                                            minutes=args.minutes, checkpoint_every=args.checkpoint_every))
+                                            minutes=args.minutes, checkpoint_every=args.checkpoint_every,
+                                            device=args.device, workers=args.workers))
         return 0
     report = toy.evaluate(args.dir, n=args.images, seed=args.seed, multi=args.multi, baseline=not args.no_baseline)
     print(json.dumps(report, indent=2) if args.json else toy.format_report(report))

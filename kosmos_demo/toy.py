@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -285,6 +286,10 @@ class TrainConfig:
     location_weight: float = 1.0
     image_scale: float = 1.0
     shape: ToyShape = field(default_factory=ToyShape)
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    workers: int | None = None
+    """Processes generating batches ahead of training; None: 0 on CPU, up to 8 on a GPU."""
 
 
 def encode_batch(processor, examples: Sequence[Example], num_image_tokens: int):
@@ -332,7 +337,7 @@ def loss_fn(model, batch, labels, location_first: int, sigma: float = 1.0, weigh
         loc_logits = logits[is_loc][:, location_first : location_first + GRID * GRID]
         cells = target[is_loc] - location_first
         tx, ty = (cells % GRID).float(), (cells // GRID).float()
-        grid = torch.arange(GRID, dtype=torch.float32)
+        grid = torch.arange(GRID, dtype=torch.float32, device=logits.device)
         gx = torch.exp(-((grid[None, :] - tx[:, None]) ** 2) / (2 * sigma**2))
         gy = torch.exp(-((grid[None, :] - ty[:, None]) ** 2) / (2 * sigma**2))
         soft = (gy[:, :, None] * gx[:, None, :]).reshape(len(cells), -1)
@@ -341,6 +346,46 @@ def loss_fn(model, batch, labels, location_first: int, sigma: float = 1.0, weigh
         parts["loc"] = float(loc.detach())
         total = total + weight * loc
     return total, parts
+
+
+class StepBatches:
+    """Map-style dataset: item ``i`` is the encoded batch of step ``start + i`` (so workers may run ahead)."""
+
+    def __init__(self, processor, config: TrainConfig, slots: int, start: int):
+        self.processor, self.config, self.slots, self.start = processor, config, slots, start
+
+    def __len__(self) -> int:
+        return max(self.config.steps - self.start, 0)
+
+    def __getitem__(self, index: int):
+        step = self.start + index
+        examples = batch_examples(self.config.seed, step, self.config.batch_size,
+                                  single_only=step < self.config.single_only_steps)
+        return encode_batch(self.processor, examples, self.slots)
+
+
+def training_device(choice: str):
+    import torch
+
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(choice)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {choice}: this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def batch_stream(dataset: StepBatches, workers: int):
+    """Batches in step order; ``workers`` > 0 generates them in background processes."""
+    import os
+
+    import torch
+
+    if workers <= 0:
+        return (dataset[i] for i in range(len(dataset)))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                            prefetch_factor=4, persistent_workers=False))
 
 
 _STATE = "training_state.pt"
@@ -357,12 +402,18 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda message: print(message, file=sys.stderr))
+    device = training_device(config.device)
+    workers = config.workers if config.workers is not None else (
+        0 if device.type == "cpu" else min(8, max((os.cpu_count() or 1) - 1, 0)))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     processor = build_processor()
     state_path = out / _STATE
     if state_path.exists():
         from transformers import Kosmos2ForConditionalGeneration
 
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location="cpu")
         saved = state["config"]
         for key in ("batch_size", "lr", "seed", "warmup", "single_only_steps", "location_sigma",
                     "location_weight", "image_scale"):
@@ -374,13 +425,14 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
     else:
         model = build_toy_model(processor, config.shape, seed=config.seed, image_scale=config.image_scale)
         state, step, spent = None, 0, 0.0
+    model.to(device)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=config.lr, betas=(0.9, 0.98))
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # its tensors follow the parameters' device
 
     def lr_at(s: int) -> float:
         """Warm-up, then cosine to 5%; with a wall-clock budget, progress is the further of steps and time."""
@@ -396,9 +448,10 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
     started = time.time() - spent
     budget = config.minutes * 60 if config.minutes else None
     history: list[dict] = state["history"] if state is not None else []
-    bar = tqdm(total=config.steps, initial=step, desc="train-toy", unit="step", file=sys.stderr,
+    bar = tqdm(total=config.steps, initial=step, desc=f"train-toy ({device.type})", unit="step", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     smooth = None
+    batches = batch_stream(StepBatches(processor, config, slots, step), workers)
 
     def checkpoint():
         model.config.__dict__[TOY_MARKER] = True
@@ -414,8 +467,9 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
         if budget is not None and time.time() - started > budget:
             say(f"Wall-clock budget of {config.minutes} min reached at step {step}.")
             break
-        examples = batch_examples(config.seed, step, config.batch_size, single_only=step < config.single_only_steps)
-        batch, labels = encode_batch(processor, examples, slots)
+        batch, labels = next(batches)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        labels = labels.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         loss, parts = loss_fn(model, batch, labels, location_first, config.location_sigma, config.location_weight)
