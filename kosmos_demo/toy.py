@@ -155,21 +155,33 @@ class Example:
     scene: Scene
 
 
-def make_example(rng: np.random.Generator, num_shapes: int | None = None, phrase_share: float = 0.4) -> Example:
-    """A caption example, or (``phrase_share`` of the time) a phrase-grounding one."""
+def make_example(rng: np.random.Generator, num_shapes: int | None = None, phrase_share: float = 0.4,
+                 region_share: float = 0.0) -> Example:
+    """A caption example; ``phrase_share`` of the time a phrase-grounding one; ``region_share`` a region one.
+
+    The region prompt is the engine's "Describe a region" prompt for the shape's
+    box, and the target names the shape: ``<grounding><phrase> It</phrase><object>..</object> is`` -> `` a red circle.``
+    """
     scene = make_scene(rng, num_shapes=num_shapes)
-    if rng.random() < phrase_share:
+    draw = rng.random()
+    if draw < phrase_share:
         shape = scene.shapes[int(rng.integers(len(scene.shapes)))]
         article = "the" if rng.random() < 0.5 else shape.article
         prompt = f"<grounding><phrase> {article} {shape.name}</phrase>"
         return Example(scene.image, prompt, f"<object>{location_tokens(shape.box)}</object>", scene)
+    if draw < phrase_share + region_share:
+        shape = scene.shapes[int(rng.integers(len(scene.shapes)))]
+        prompt = f"<grounding><phrase> It</phrase><object>{location_tokens(shape.box)}</object> is"
+        return Example(scene.image, prompt, f" {shape.article} {shape.name}.", scene)
     return Example(scene.image, PROMPT_CAPTION, scene.caption(), scene)
 
 
-def batch_examples(seed: int, step: int, batch_size: int, single_only: bool = False) -> list[Example]:
+def batch_examples(seed: int, step: int, batch_size: int, single_only: bool = False, phrase_share: float = 0.4,
+                   region_share: float = 0.0) -> list[Example]:
     """The examples of one training step: a pure function of (seed, step), so training resumes exactly."""
     rng = np.random.default_rng([seed, step])
-    return [make_example(rng, num_shapes=1 if single_only else None) for _ in range(batch_size)]
+    return [make_example(rng, num_shapes=1 if single_only else None, phrase_share=phrase_share,
+                         region_share=region_share) for _ in range(batch_size)]
 
 
 # --- model ------------------------------------------------------------------
@@ -284,6 +296,16 @@ class TrainConfig:
     location_sigma: float = 1.0
     """Soft target (cells) of the auxiliary location loss; 0 turns it off."""
     location_weight: float = 1.0
+    slot_prior_weight: float = 1.0
+    """Weight of the auxiliary loss that keeps each of the 64 image slots on its own 2x2-patch region; 0 turns it off."""
+    slot_prior_sigma: float = 1.0
+    """Width (patches) of each slot's target region."""
+    phrase_share: float = 0.3
+    """Share of phrase-grounding examples (phrase -> box)."""
+    region_share: float = 0.3
+    """Share of region examples (box -> shape name); the rest are grounded captions."""
+    init_from: str | None = None
+    """Start from the weights of this toy folder (fresh optimizer) instead of a new initialisation."""
     image_scale: float = 1.0
     shape: ToyShape = field(default_factory=ToyShape)
     device: str = "auto"
@@ -321,8 +343,30 @@ def encode_batch(processor, examples: Sequence[Example], num_image_tokens: int):
             "pixel_values": inputs["pixel_values"]}, labels
 
 
-def loss_fn(model, batch, labels, location_first: int, sigma: float = 1.0, weight: float = 1.0):
-    """Next-token cross-entropy on the continuation, plus a soft 2-D target on location tokens."""
+def slot_regions(slots: int, patches_side: int, sigma: float) -> "np.ndarray":
+    """(slots, patches): slot ``j`` of a square slot grid -> a 2-D Gaussian over its own block of patches.
+
+    >>> t = slot_regions(4, 4, 0.5)  # 2x2 slots over a 4x4 patch grid: slot 0 is the top-left 2x2 block
+    >>> t.shape, round(float(t[0].reshape(4, 4)[:2, :2].sum()), 2), round(float(t[3].reshape(4, 4)[2:, 2:].sum()), 2)
+    ((4, 16), 0.98, 0.98)
+    """
+    side = int(round(slots**0.5))
+    block = patches_side / side
+    centres = (np.arange(side) + 0.5) * block  # region centres in patch units
+    coords = np.arange(patches_side) + 0.5
+    g = np.exp(-((coords[None, :] - centres[:, None]) ** 2) / (2 * sigma**2))  # (side, patches_side)
+    target = (g[:, None, :, None] * g[None, :, None, :])  # (row, col, prow, pcol)
+    target = target.reshape(side * side, patches_side * patches_side)
+    return target / target.sum(axis=1, keepdims=True)
+
+
+def loss_fn(model, batch, labels, location_first: int, sigma: float = 1.0, weight: float = 1.0,
+            slot_target=None, slot_weight: float = 0.0):
+    """Next-token cross-entropy on the continuation, plus a soft 2-D target on location tokens.
+
+    With ``slot_target`` (slots, patches) and eager attention, also a cross-entropy
+    between each image slot's attention over the patches and its own region.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -345,6 +389,14 @@ def loss_fn(model, batch, labels, location_first: int, sigma: float = 1.0, weigh
         loc = -(soft * loc_logits.log_softmax(dim=-1)).sum(dim=1).mean()
         parts["loc"] = float(loc.detach())
         total = total + weight * loc
+    if slot_target is not None and slot_weight > 0:
+        attention = out.projection_attentions  # (B, heads, slots, 1 + patches + slots) under eager attention
+        if attention is None:
+            raise RuntimeError("the slot prior needs the projection's attention weights: use eager attention")
+        patches = attention.float().mean(dim=1)[:, :, 1 : 1 + slot_target.shape[1]]
+        slot = -(slot_target[None] * (patches + 1e-6).log()).sum(dim=-1).mean()
+        parts["slot"] = float(slot.detach())
+        total = total + slot_weight * slot
     return total, parts
 
 
@@ -360,7 +412,8 @@ class StepBatches:
     def __getitem__(self, index: int):
         step = self.start + index
         examples = batch_examples(self.config.seed, step, self.config.batch_size,
-                                  single_only=step < self.config.single_only_steps)
+                                  single_only=step < self.config.single_only_steps,
+                                  phrase_share=self.config.phrase_share, region_share=self.config.region_share)
         return encode_batch(self.processor, examples, self.slots)
 
 
@@ -416,16 +469,30 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
         state = torch.load(state_path, weights_only=False, map_location="cpu")
         saved = state["config"]
         for key in ("batch_size", "lr", "seed", "warmup", "single_only_steps", "location_sigma",
-                    "location_weight", "image_scale"):
-            setattr(config, key, saved[key])
+                    "location_weight", "image_scale", "slot_prior_weight", "slot_prior_sigma", "phrase_share",
+                    "region_share"):
+            if key in saved:
+                setattr(config, key, saved[key])
         config.shape = ToyShape(**saved["shape"])
         model = Kosmos2ForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
         step, spent = state["step"], state["seconds"]
         say(f"Resuming from step {step} in {out} ({spent / 60:.1f} min spent so far).")
+    elif config.init_from:
+        from transformers import Kosmos2ForConditionalGeneration
+
+        model = Kosmos2ForConditionalGeneration.from_pretrained(config.init_from, dtype=torch.float32)
+        state, step, spent = None, 0, 0.0
+        say(f"Starting from the weights in {config.init_from}.")
     else:
         model = build_toy_model(processor, config.shape, seed=config.seed, image_scale=config.image_scale)
         state, step, spent = None, 0, 0.0
     model.to(device)
+    slot_target = None
+    if config.slot_prior_weight > 0:
+        model.set_attn_implementation("eager")  # the slot prior reads the projection's attention weights
+        side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        slot_target = torch.tensor(slot_regions(model.config.latent_query_num, side, config.slot_prior_sigma),
+                                   dtype=torch.float32, device=device)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -472,18 +539,20 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
         labels = labels.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        loss, parts = loss_fn(model, batch, labels, location_first, config.location_sigma, config.location_weight)
+        loss, parts = loss_fn(model, batch, labels, location_first, config.location_sigma, config.location_weight,
+                              slot_target, config.slot_prior_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        value = float(loss)
+        value = float(loss.detach())
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
         if step % 10 == 0 or step == 1:
             history.append({"step": step, "loss": round(value, 4), **{k: round(v, 4) for k, v in parts.items()},
                             "seconds": round(time.time() - started, 1)})
-        bar.set_postfix(loss=f"{smooth:.3f}", ce=f"{parts['ce']:.3f}", loc=f"{parts.get('loc', 0):.2f}")
+        bar.set_postfix(loss=f"{smooth:.3f}", ce=f"{parts['ce']:.3f}", loc=f"{parts.get('loc', 0):.2f}",
+                        slot=f"{parts.get('slot', 0):.2f}")
         bar.update(1)
         if step % config.checkpoint_every == 0:
             checkpoint()
