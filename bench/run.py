@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="decoding for every variant (beam: heatmaps take one teacher-forced pass)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the vision and text forwards (GPU mainly)")
-    parser.add_argument("--onednn", action="store_true",
-                        help="CPU prototype: every nn.Linear on oneDNN-packed weights (see bench/onednn.py)")
+    parser.add_argument("--no-onednn", dest="onednn", action="store_false",
+                        help="keep stock nn.Linear on CPU (the engine packs them for oneDNN, kosmos_demo/cpu_linear.py)")
     parser.add_argument("--quantize", choices=["none", "8bit", "4bit"], default="none",
                         help="load through bitsandbytes BitsAndBytesConfig (needs bitsandbytes)")
     parser.add_argument("--skip", action="append", default=[], metavar="PARTS",
@@ -542,15 +542,15 @@ def prepare(args, device: torch.device, dtype: torch.dtype, checkpoint: Path, re
     report.rss_after_model = current_rss()
     say(f"model: {report.model_params / 1e9:.3f} B parameters loaded in {report.model_load_seconds:.1f} s, "
         f"RSS {report.rss_after_model / 2**30:.2f} GiB; attention {model.config._attn_implementation}")
-    if args.onednn:
-        from .onednn import pack_linears
+    if report.onednn:  # what Kosmos2Engine.load does on this device; applied to the shared model, so a and b alike
+        from kosmos_demo.cpu_linear import pack_linears
 
         start = time.perf_counter()
         count = pack_linears(model)
         say(f"oneDNN: packed {count} linear layers in {time.perf_counter() - start:.1f} s, "
             f"RSS {current_rss() / 2**30:.2f} GiB")
-        report.notes.append(f"--onednn: {count} nn.Linear layers run on oneDNN-packed weights (bench/onednn.py), "
-                            "for the reference and the engine alike.")
+        report.notes.append(f"oneDNN: {count} nn.Linear layers run on packed weights, as Kosmos2Engine.load does on "
+                            "CPU, for the reference and the engine alike (--no-onednn: stock nn.Linear).")
     if args.compile:
         compile_model(model)
     engine = Kosmos2Engine(model, processor, source=str(checkpoint))  # switches to its sdpa variant
@@ -567,15 +567,11 @@ def run(args, argv: list[str]) -> Report:
     check_quantization(args.quantize)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    if args.onednn:
-        from .onednn import available
+    from kosmos_demo.cpu_linear import wanted
 
-        why_not = available(device, dtype)
-        if why_not:
-            print(f"error: --onednn: {why_not}", file=sys.stderr)
-            raise SystemExit(2)
+    onednn = args.onednn and wanted(device, dtype) and args.quantize == "none"
     report = Report(argv, args.size, str(device), str(dtype).replace("torch.", ""), args.tokens, args.runs,
-                    args.strategy, args.compile, args.quantize, load_before=machine_load(), onednn=args.onednn,
+                    args.strategy, args.compile, args.quantize, load_before=machine_load(), onednn=onednn,
                     section=args.section or args.size)
     say(f"bench: {args.size} Kosmos-2 on {device} in {report.dtype}; {machine_load()}")
     with tempfile.TemporaryDirectory(prefix="kosmos-bench-") as scratch:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import DEFAULT_MODEL
+from . import DEFAULT_MODEL, cpu_linear
 from .attention import ATTENTION_IMPLEMENTATION, ImageAttentionRecorder, token_heatmaps
 from .grounding import TAG_TOKENS, normalize_box, parse_grounded, to_pixels
 from .images import ImageLimits, load_image
@@ -222,8 +222,14 @@ class Kosmos2Engine:
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "auto", dtype: str = "auto",
-             progress: Callable[[str], None] | None = None) -> "Kosmos2Engine":
-        """``from_pretrained`` for a hub id or a local folder, straight to the target device and dtype."""
+             progress: Callable[[str], None] | None = None, pack: bool | None = None) -> "Kosmos2Engine":
+        """``from_pretrained`` for a hub id or a local folder, straight to the target device and dtype.
+
+        On the CPU (fp32/bf16) the linear layers are then packed for oneDNN
+        (:mod:`kosmos_demo.cpu_linear`): seconds more at load, much faster batches.
+        ``pack=False`` keeps the stock layers (``None``: packed where available,
+        unless ``KOSMOS_DEMO_ONEDNN=0``).
+        """
         from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
 
         source = resolve_source(model)
@@ -241,6 +247,11 @@ class Kosmos2Engine:
             )
         except Exception as error:  # OSError, ValueError, SafetensorError (truncated file), RuntimeError (shapes)...
             raise _load_failure(source, error) from error
+        if pack is None:
+            pack = cpu_linear.wanted(target, torch_dtype)
+        if pack and not getattr(net, "is_quantized", False):
+            say(f"Packing the linear layers for oneDNN (CPU; set {cpu_linear.OPT_OUT}=0 to skip)...")
+            cpu_linear.pack_linears(net)
         say("Model loaded.")
         return cls(net, processor, source=source)
 

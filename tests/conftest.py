@@ -57,9 +57,13 @@ def app_engine(app_checkpoint):
     """The app's own engine instance (not the process-wide cache other tests share)."""
     from kosmos_demo.engine import Kosmos2Engine
 
-    engine = Kosmos2Engine.load(str(app_checkpoint), device="cpu")
+    from kosmos_demo.cpu_linear import pack_linears, wanted
+
+    engine = Kosmos2Engine.load(str(app_checkpoint), device="cpu", pack=False)  # sharpened first, then packed
     if engine.is_random_preview:
         sharpen_attention(engine.model)
+    if wanted(engine.device, engine.dtype):
+        pack_linears(engine.model)  # as load does on CPU
     return engine
 
 
