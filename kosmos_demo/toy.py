@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -626,7 +627,7 @@ def phrase_map(result, entity) -> np.ndarray | None:
 
 
 def _names(phrase: str) -> tuple[str | None, str | None]:
-    words = phrase.lower().split()
+    words = re.findall(r"[a-z]+", phrase.lower())
     color = next((w for w in words if w in COLORS), None)
     kind = next((w for w in words if w in SHAPES), None)
     return color, kind
@@ -641,7 +642,7 @@ def evaluate_engine(engine, n: int = 100, seed: int = 10_000, multi: int = 0) ->
     decoding = DecodingSettings(max_new_tokens=48)
     caption = Request(Task.BRIEF, heatmaps=True, decoding=decoding)
     stats = {k: [] for k in ("phrase", "color", "kind", "iou", "mass", "chance", "hit", "phrase_iou",
-                             "multi_phrase", "multi_iou", "wellformed")}
+                             "multi_phrase", "multi_iou", "wellformed", "region_named")}
     for i in range(n + multi):
         single = i < n
         scene = make_scene(rng, num_shapes=1 if single else int(rng.integers(2, 4)))
@@ -668,6 +669,8 @@ def evaluate_engine(engine, n: int = 100, seed: int = 10_000, multi: int = 0) ->
             boxes = [e.boxes_normalized[0] for e in grounded.entities if e.boxes_normalized and not e.from_prompt]
             boxes += [e.boxes_normalized[0] for e in grounded.entities if e.boxes_normalized and e.from_prompt]
             stats["phrase_iou"].append(box_iou(boxes[0], truth.box) if boxes else 0.0)
+            region = engine.describe(scene.image, Request(Task.REGION, box=truth.pixel_box, decoding=decoding))
+            stats["region_named"].append(_names(region.text) == (truth.color, truth.kind))
         else:
             for truth in scene.shapes:
                 match = next((e for e in entities if _names(e.phrase) == (truth.color, truth.kind)), None)
@@ -688,6 +691,7 @@ def evaluate_engine(engine, n: int = 100, seed: int = 10_000, multi: int = 0) ->
         "pointing_chance": mean(stats["chance"]),
         "phrase_grounding_mean_iou": mean(stats["phrase_iou"]),
         "phrase_grounding_iou_over_0.5": mean([v > 0.5 for v in stats["phrase_iou"]]),
+        "region_named": mean(stats["region_named"]),
         "multi_images": multi,
         "multi_phrase_found": mean(stats["multi_phrase"]),
         "multi_mean_iou": mean(stats["multi_iou"]),
@@ -737,6 +741,7 @@ _ROWS = (
     ("iou_over_0.5", "caption box: IoU > 0.5"),
     ("phrase_grounding_mean_iou", "phrase grounding: mean IoU"),
     ("phrase_grounding_iou_over_0.5", "phrase grounding: IoU > 0.5"),
+    ("region_named", "region (true box): shape named"),
     ("heatmap_mass_in_box", "heatmap mass inside box"),
     ("heatmap_chance", "  chance (box area)"),
     ("pointing_game", "pointing game (peak in box)"),
