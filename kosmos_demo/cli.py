@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_toy.add_argument("--minutes", type=float, default=None, help="wall-clock budget; stops and saves when spent")
     train_toy.add_argument("--checkpoint-every", type=int, default=200)
     train_toy.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    train_toy.add_argument("--init-from", type=Path, default=None,
+                           help="start from the weights of this toy folder (fresh optimizer), e.g. to fine-tune")
     train_toy.add_argument("--workers", type=int, default=None,
                            help="processes generating batches ahead (default: 0 on CPU, up to 8 with a GPU)")
 
@@ -91,7 +93,8 @@ def toy_command(args: argparse.Namespace) -> int:
     if args.command == "train-toy":
         toy.train(args.dir, toy.TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
                                             minutes=args.minutes, checkpoint_every=args.checkpoint_every,
-                                            device=args.device, workers=args.workers))
+                                            device=args.device, workers=args.workers,
+                                            init_from=str(args.init_from) if args.init_from else None))
         return 0
     report = toy.evaluate(args.dir, n=args.images, seed=args.seed, multi=args.multi, baseline=not args.no_baseline)
     print(json.dumps(report, indent=2) if args.json else toy.format_report(report))

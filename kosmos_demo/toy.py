@@ -192,8 +192,8 @@ def batch_examples(seed: int, step: int, batch_size: int, single_only: bool = Fa
 class ToyShape:
     """Widths of the toy; the 224 px input, 14 px patches (16x16 grid) and 64 latents are Kosmos-2's own."""
 
-    vision_width: int = 96
-    vision_layers: int = 4
+    vision_width: int = 128
+    vision_layers: int = 6
     vision_heads: int = 4
     text_width: int = 128
     text_layers: int = 4
