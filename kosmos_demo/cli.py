@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_toy.add_argument("--lr", type=float, default=1e-3)
     train_toy.add_argument("--minutes", type=float, default=None, help="wall-clock budget; stops and saves when spent")
     train_toy.add_argument("--checkpoint-every", type=int, default=200)
-    train_toy.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    train_toy.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
     train_toy.add_argument("--init-from", type=Path, default=None,
                            help="start from the weights of this toy folder (fresh optimizer), e.g. to fine-tune")
     train_toy.add_argument("--workers", type=int, default=None,

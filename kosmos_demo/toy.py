@@ -310,7 +310,7 @@ class TrainConfig:
     image_scale: float = 1.0
     shape: ToyShape = field(default_factory=ToyShape)
     device: str = "auto"
-    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    """auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps (``engine.resolve_device``)."""
     workers: int | None = None
     """Processes generating batches ahead of training; None: 0 on CPU, up to 8 on a GPU."""
 
@@ -418,21 +418,8 @@ class StepBatches:
         return encode_batch(self.processor, examples, self.slots)
 
 
-def training_device(choice: str):
-    import torch
-
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(choice)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {choice}: this machine has no CUDA GPU; use --device cpu")
-    return device
-
-
 def batch_stream(dataset: StepBatches, workers: int):
     """Batches in step order; ``workers`` > 0 generates them in background processes."""
-    import os
-
     import torch
 
     if workers <= 0:
@@ -450,13 +437,15 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
     """Train (or resume) the toy in ``out_dir``; a ``save_pretrained`` folder every ``checkpoint_every`` steps."""
     import torch
     from tqdm import tqdm
+    from transformers import Kosmos2ForConditionalGeneration
 
+    from .engine import resolve_device  # here: the engine module imports this one
     from .tiny import build_processor
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda message: print(message, file=sys.stderr))
-    device = training_device(config.device)
+    device = resolve_device(config.device)
     workers = config.workers if config.workers is not None else (
         0 if device.type == "cpu" else min(8, max((os.cpu_count() or 1) - 1, 0)))
     if device.type == "cuda":
@@ -465,8 +454,6 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
     processor = build_processor()
     state_path = out / _STATE
     if state_path.exists():
-        from transformers import Kosmos2ForConditionalGeneration
-
         state = torch.load(state_path, weights_only=False, map_location="cpu")
         saved = state["config"]
         for key in ("batch_size", "lr", "seed", "warmup", "single_only_steps", "location_sigma",
@@ -479,8 +466,6 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
         step, spent = state["step"], state["seconds"]
         say(f"Resuming from step {step} in {out} ({spent / 60:.1f} min spent so far).")
     elif config.init_from:
-        from transformers import Kosmos2ForConditionalGeneration
-
         model = Kosmos2ForConditionalGeneration.from_pretrained(config.init_from, dtype=torch.float32)
         state, step, spent = None, 0, 0.0
         say(f"Starting from the weights in {config.init_from}.")
