@@ -107,8 +107,8 @@ def _load_failure(source: str, reason: BaseException | str) -> ModelLoadError:
         f"To use a local checkpoint, pass --model /path/to/folder (or set {MODEL_ENV}=/path/to/folder): a folder "
         f"written by save_pretrained with config.json, the weights and the processor files, for example "
         f"`huggingface-cli download {DEFAULT_MODEL} --local-dir DIR` run on a machine with network. "
-        f"For an offline preview with random weights: `python -m kosmos_demo tiny-model /tmp/kosmos-tiny` "
-        f"and then --model /tmp/kosmos-tiny."
+        f"For an offline preview: --model toy, the small model this project trained on coloured shapes "
+        f"(it knows nothing else)."
     )
 
 

@@ -214,6 +214,7 @@ def test_load_failures_are_one_clear_paragraph(tmp_path):
         Kosmos2Engine.load(str(tmp_path / "nowhere"), device="cpu")
     message = str(missing.value)
     assert "--model" in message and "\n" not in message and "Traceback" not in message
+    assert "--model toy" in message  # the offline preview that shows something true
 
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
