@@ -305,6 +305,9 @@ class TrainConfig:
     """Share of phrase-grounding examples (phrase -> box)."""
     region_share: float = 0.3
     """Share of region examples (box -> shape name); the rest are grounded captions."""
+    name_attention_weight: float = 0.0
+    """Weight of the auxiliary loss that puts the decoder's image attention, on the rows that write a
+    shape's name, inside that shape's box (the attention the heatmaps show); 0 turns it off."""
     init_from: str | None = None
     """Start from the weights of this toy folder (fresh optimizer) instead of a new initialisation."""
     image_scale: float = 1.0
@@ -344,6 +347,49 @@ def encode_batch(processor, examples: Sequence[Example], num_image_tokens: int):
             "pixel_values": inputs["pixel_values"]}, labels
 
 
+def name_attention_targets(processor, examples: Sequence[Example], labels, slots: int):
+    """(batch, positions, slots): where the row that predicts each shape-naming token should look.
+
+    Rows predicting the words of a caption's ``<phrase>`` (the k-th phrase is the
+    k-th shape) or of a region answer get the slot-grid cells under that shape's
+    box (their covered share, summing to 1); every other row is all zero.
+    """
+    import torch
+
+    tokenizer = processor.tokenizer
+    open_id, close_id = tokenizer.convert_tokens_to_ids(["<phrase>", "</phrase>"])
+    side = int(round(slots**0.5))
+    cells = {}
+
+    def cell_target(box):
+        if box not in cells:
+            cover = torch.tensor(cell_overlap(box, side), dtype=torch.float32).reshape(-1)
+            cells[box] = cover / cover.sum()
+        return cells[box]
+
+    targets = torch.zeros(labels.shape[0], labels.shape[1], slots)
+    for row, example in enumerate(examples):
+        positions = [p for p in range(labels.shape[1]) if labels[row, p] != -100]
+        ids = [int(labels[row, p]) for p in positions]
+        if example.prompt == PROMPT_CAPTION:
+            shapes, inside, boxes = iter(example.scene.shapes), False, []
+            for p, token in zip(positions, ids):
+                if token == open_id:
+                    inside, box = True, next(shapes).box
+                elif token == close_id:
+                    inside = False
+                elif inside:
+                    boxes.append((p, box))
+        elif example.prompt.endswith(" is"):  # region: the answer names one shape, before its "." and </s>
+            shape = next(s for s in example.scene.shapes if example.target.endswith(f" {s.name}."))
+            boxes = [(p, shape.box) for p in positions[:-2]]
+        else:
+            boxes = []
+        for p, box in boxes:
+            targets[row, p - 1] = cell_target(box)  # the row at p - 1 predicts the token at p
+    return targets
+
+
 def slot_regions(slots: int, patches_side: int, sigma: float) -> "np.ndarray":
     """(slots, patches): slot ``j`` of a square slot grid -> a 2-D Gaussian over its own block of patches.
 
@@ -362,16 +408,20 @@ def slot_regions(slots: int, patches_side: int, sigma: float) -> "np.ndarray":
 
 
 def loss_fn(model, batch, labels, location_first: int, sigma: float = 1.0, weight: float = 1.0,
-            slot_target=None, slot_weight: float = 0.0):
+            slot_target=None, slot_weight: float = 0.0, name_target=None, name_weight: float = 0.0):
     """Next-token cross-entropy on the continuation, plus a soft 2-D target on location tokens.
 
-    With ``slot_target`` (slots, patches) and eager attention, also a cross-entropy
-    between each image slot's attention over the patches and its own region.
+    With eager attention, also: with ``slot_target`` (slots, patches), a cross-entropy
+    between each image slot's attention over the patches and its own region; with
+    ``name_target`` (from :func:`name_attention_targets`), one between the decoder's
+    image-slot attention (layers and heads averaged, renormalised: what a heatmap
+    shows) and the named shape's cells.
     """
     import torch
     import torch.nn.functional as F
 
-    out = model(**batch, use_cache=False)
+    use_names = name_target is not None and name_weight > 0
+    out = model(**batch, use_cache=False, output_attentions=use_names)
     logits = out.logits[:, :-1].float()
     target = labels[:, 1:]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
@@ -398,6 +448,19 @@ def loss_fn(model, batch, labels, location_first: int, sigma: float = 1.0, weigh
         slot = -(slot_target[None] * (patches + 1e-6).log()).sum(dim=-1).mean()
         parts["slot"] = float(slot.detach())
         total = total + slot_weight * slot
+    if use_names:
+        if not out.attentions or out.attentions[0] is None:
+            raise RuntimeError("the name-attention loss needs the decoder's attention weights: use eager attention")
+        slot_positions = batch["image_embeds_position_mask"].bool()
+        index = slot_positions.nonzero()[:, 1].reshape(slot_positions.shape[0], 1, -1)
+        index = index.expand(-1, labels.shape[1], -1)  # (B, rows, slots)
+        image = sum(layer.float().mean(dim=1).gather(-1, index) for layer in out.attentions) / len(out.attentions)
+        image = image / image.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        rows = name_target.sum(dim=-1) > 0
+        if bool(rows.any()):
+            names = -(name_target[rows] * (image[rows] + 1e-6).log()).sum(dim=-1).mean()
+            parts["names"] = float(names.detach())
+            total = total + name_weight * names
     return total, parts
 
 
@@ -415,7 +478,10 @@ class StepBatches:
         examples = batch_examples(self.config.seed, step, self.config.batch_size,
                                   single_only=step < self.config.single_only_steps,
                                   phrase_share=self.config.phrase_share, region_share=self.config.region_share)
-        return encode_batch(self.processor, examples, self.slots)
+        batch, labels = encode_batch(self.processor, examples, self.slots)
+        names = name_attention_targets(self.processor, examples, labels, self.slots) \
+            if self.config.name_attention_weight > 0 else None
+        return batch, labels, names
 
 
 def batch_stream(dataset: StepBatches, workers: int):
@@ -458,7 +524,7 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
         saved = state["config"]
         for key in ("batch_size", "lr", "seed", "warmup", "single_only_steps", "location_sigma",
                     "location_weight", "image_scale", "slot_prior_weight", "slot_prior_sigma", "phrase_share",
-                    "region_share"):
+                    "region_share", "name_attention_weight"):
             if key in saved:
                 setattr(config, key, saved[key])
         config.shape = ToyShape(**saved["shape"])
@@ -474,8 +540,8 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
         state, step, spent = None, 0, 0.0
     model.to(device)
     slot_target = None
-    if config.slot_prior_weight > 0:
-        model.set_attn_implementation("eager")  # the slot prior reads the projection's attention weights
+    if config.slot_prior_weight > 0 or config.name_attention_weight > 0:
+        model.set_attn_implementation("eager")  # the auxiliary losses read attention weights
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         slot_target = torch.tensor(slot_regions(model.config.latent_query_num, side, config.slot_prior_sigma),
                                    dtype=torch.float32, device=device)
@@ -520,13 +586,14 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
         if budget is not None and time.time() - started > budget:
             say(f"Wall-clock budget of {config.minutes} min reached at step {step}.")
             break
-        batch, labels = next(batches)
+        batch, labels, names = next(batches)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         labels = labels.to(device, non_blocking=True)
+        names = names.to(device, non_blocking=True) if names is not None else None
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         loss, parts = loss_fn(model, batch, labels, location_first, config.location_sigma, config.location_weight,
-                              slot_target, config.slot_prior_weight)
+                              slot_target, config.slot_prior_weight, names, config.name_attention_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -538,7 +605,7 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
             history.append({"step": step, "loss": round(value, 4), **{k: round(v, 4) for k, v in parts.items()},
                             "seconds": round(time.time() - started, 1)})
         bar.set_postfix(loss=f"{smooth:.3f}", ce=f"{parts['ce']:.3f}", loc=f"{parts.get('loc', 0):.2f}",
-                        slot=f"{parts.get('slot', 0):.2f}")
+                        slot=f"{parts.get('slot', 0):.2f}", names=f"{parts.get('names', 0):.2f}")
         bar.update(1)
         if step % config.checkpoint_every == 0:
             checkpoint()

@@ -85,6 +85,50 @@ def test_one_training_step_on_a_tiny_config_is_finite():
     optimizer.step()
     assert torch.isfinite(loss) and parts["loc"] > 0
 
+    model.set_attn_implementation("eager")  # the auxiliary attention losses read attention weights
+    examples = toy.batch_examples(0, 1, 4, phrase_share=0.0, region_share=0.5)
+    batch, labels = toy.encode_batch(processor, examples, shape.latent_query_num)
+    names = toy.name_attention_targets(processor, examples, labels, shape.latent_query_num)
+    slots = torch.tensor(toy.slot_regions(shape.latent_query_num, 16, 1.0), dtype=torch.float32)
+    loss, parts = toy.loss_fn(model, batch, labels, first, slot_target=slots, slot_weight=1.0,
+                              name_target=names, name_weight=0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and parts["slot"] > 0 and parts["names"] > 0
+
+
+def _example(seed, **shares):
+    return toy.make_example(np.random.default_rng(seed), num_shapes=2, **shares)
+
+
+def test_name_attention_targets_point_the_rows_that_name_a_shape_at_its_box():
+    from kosmos_demo.tiny import build_processor
+
+    processor = build_processor()
+    tokenizer = processor.tokenizer
+    caption = _example(0, phrase_share=0.0)
+    region = _example(1, phrase_share=0.0, region_share=1.0)
+    grounding = _example(2, phrase_share=1.0)
+    examples = [caption, region, grounding]
+    _, labels = toy.encode_batch(processor, examples, 64)
+    targets = toy.name_attention_targets(processor, examples, labels, 64)
+    assert targets.shape == (3, labels.shape[1], 64)
+
+    def named(row):  # the text each supervised row predicts, and the cells it must look at
+        rows = (targets[row].sum(dim=-1) > 0).nonzero()[:, 0].tolist()
+        text = tokenizer.decode([int(labels[row, r + 1]) for r in rows]).replace(" ", "")
+        return rows, text
+
+    rows, text = named(0)
+    assert text == "".join(f"{s.article}{s.name}" for s in caption.scene.shapes).replace(" ", "")
+    rows, text = named(1)
+    assert text == region.target.strip(" .").replace(" ", "")
+    assert named(2) == ([], "")  # phrase grounding: the phrase is in the prompt, nothing to name
+
+    first_phrase = toy.cell_overlap(caption.scene.shapes[0].box, 8).reshape(-1)
+    row = int((targets[0].sum(dim=-1) > 0).nonzero()[0, 0])  # predicts the first phrase's first word
+    assert float(targets[0, row].sum()) == pytest.approx(1.0)
+    assert np.allclose(targets[0, row].numpy(), first_phrase / first_phrase.sum())
+
 
 def test_cell_overlap_and_heatmap_scores():
     box = (0.25, 0.25, 0.75, 0.5)
