@@ -569,7 +569,7 @@ def run(args, argv: list[str]) -> Report:
     dtype = resolve_dtype(args.dtype, device)
     from kosmos_demo.cpu_linear import wanted
 
-    onednn = args.onednn and wanted(device, dtype) and args.quantize == "none"
+    onednn = args.onednn and wanted(device, dtype, quantized=args.quantize != "none")
     report = Report(argv, args.size, str(device), str(dtype).replace("torch.", ""), args.tokens, args.runs,
                     args.strategy, args.compile, args.quantize, load_before=machine_load(), onednn=onednn,
                     section=args.section or args.size)

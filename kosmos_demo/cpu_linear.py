@@ -37,9 +37,10 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def wanted(device: torch.device, dtype: torch.dtype) -> bool:
-    """Packing is on wherever it is available, unless ``KOSMOS_DEMO_ONEDNN=0``."""
-    return os.environ.get(OPT_OUT, "1").strip() != "0" and unavailable_reason(device, dtype) is None
+def wanted(device: torch.device, dtype: torch.dtype, quantized: bool = False) -> bool:
+    """Packing is on wherever it is available, unless ``KOSMOS_DEMO_ONEDNN=0`` (or the model is quantized)."""
+    return (os.environ.get(OPT_OUT, "1").strip() != "0" and not quantized
+            and unavailable_reason(device, dtype) is None)
 
 
 class PackedLinear(nn.Module):

@@ -247,9 +247,10 @@ class Kosmos2Engine:
             )
         except Exception as error:  # OSError, ValueError, SafetensorError (truncated file), RuntimeError (shapes)...
             raise _load_failure(source, error) from error
+        quantized = bool(getattr(net, "is_quantized", False))
         if pack is None:
-            pack = cpu_linear.wanted(target, torch_dtype)
-        if pack and not getattr(net, "is_quantized", False):
+            pack = cpu_linear.wanted(target, torch_dtype, quantized)
+        if pack and not quantized:
             say(f"Packing the linear layers for oneDNN (CPU; set {cpu_linear.OPT_OUT}=0 to skip)...")
             cpu_linear.pack_linears(net)
         say("Model loaded.")

@@ -53,6 +53,7 @@ def test_packing_is_only_offered_where_it_works():
     assert cpu_linear.unavailable_reason(torch.device("cuda"), torch.bfloat16) == "oneDNN packing is a CPU path"
     assert "float16" in cpu_linear.unavailable_reason(torch.device("cpu"), torch.float16)
     assert not cpu_linear.wanted(torch.device("cpu"), torch.float16)
+    assert not cpu_linear.wanted(torch.device("cpu"), torch.float32, quantized=True)  # bitsandbytes layers stay
 
 
 @needs_onednn
