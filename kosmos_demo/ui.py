@@ -144,7 +144,7 @@ class Source:
     size: tuple[int, int]
     digest: str
     shown: tuple | None = None
-    """None while the original is shown, else ("box", box, corner) of the drawn preview."""
+    """None while the original is shown, else the (box, corner) drawn on the preview (either may be None)."""
     shown_digest: str | None = None
     scale: float = 1.0
     """Displayed pixels per original pixel (previews are downscaled for the browser)."""
@@ -277,7 +277,7 @@ class KosmosApp:
             return gr.skip(), known, prompt, corner
         if wanted is None:
             return known.path, replace(known, shown=None, shown_digest=None, scale=1.0), prompt, corner
-        _, drawn_box, drawn_corner = wanted
+        drawn_box, drawn_corner = wanted
         shown = self._display_of(known)
         scale = shown.width / known.size[0]
         box_px = uv.scale_box(drawn_box, known.size, shown.size) if drawn_box else None
@@ -314,7 +314,7 @@ class KosmosApp:
             clean = None
         if clean is None and corner is None:
             return None
-        return ("box", tuple(round(v, 1) for v in clean) if clean else None,
+        return (tuple(round(v, 1) for v in clean) if clean else None,
                 tuple(corner) if corner is not None else None)
 
     def click(self, image, source, task, text, box, grounding, corner, evt: gr.SelectData):
