@@ -305,7 +305,7 @@ class TrainConfig:
     """Share of phrase-grounding examples (phrase -> box)."""
     region_share: float = 0.3
     """Share of region examples (box -> shape name); the rest are grounded captions."""
-    name_attention_weight: float = 0.0
+    name_attention_weight: float = 0.5
     """Weight of the auxiliary loss that puts the decoder's image attention, on the rows that write a
     shape's name, inside that shape's box (the attention the heatmaps show); 0 turns it off."""
     init_from: str | None = None
@@ -527,6 +527,7 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
                     "region_share", "name_attention_weight"):
             if key in saved:
                 setattr(config, key, saved[key])
+        config.name_attention_weight = saved.get("name_attention_weight", 0.0)  # runs from before it existed
         config.shape = ToyShape(**saved["shape"])
         model = Kosmos2ForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
         step, spent = state["step"], state["seconds"]
