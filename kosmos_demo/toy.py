@@ -352,7 +352,8 @@ def name_attention_targets(processor, examples: Sequence[Example], labels, slots
 
     Rows predicting the words of a caption's ``<phrase>`` (the k-th phrase is the
     k-th shape) or of a region answer get the slot-grid cells under that shape's
-    box (their covered share, summing to 1); every other row is all zero.
+    box (their covered share, summing to 1); every other row is all zero. Slot j
+    stands for cell j of the grid because the slot prior keeps it there.
     """
     import torch
 
@@ -524,7 +525,7 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
         saved = state["config"]
         for key in ("batch_size", "lr", "seed", "warmup", "single_only_steps", "location_sigma",
                     "location_weight", "image_scale", "slot_prior_weight", "slot_prior_sigma", "phrase_share",
-                    "region_share", "name_attention_weight"):
+                    "region_share"):
             if key in saved:
                 setattr(config, key, saved[key])
         config.name_attention_weight = saved.get("name_attention_weight", 0.0)  # runs from before it existed
@@ -540,9 +541,10 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
         model = build_toy_model(processor, config.shape, seed=config.seed, image_scale=config.image_scale)
         state, step, spent = None, 0, 0.0
     model.to(device)
-    slot_target = None
     if config.slot_prior_weight > 0 or config.name_attention_weight > 0:
         model.set_attn_implementation("eager")  # the auxiliary losses read attention weights
+    slot_target = None
+    if config.slot_prior_weight > 0:
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         slot_target = torch.tensor(slot_regions(model.config.latent_query_num, side, config.slot_prior_sigma),
                                    dtype=torch.float32, device=device)
