@@ -607,8 +607,11 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
         if step % 10 == 0 or step == 1:
             history.append({"step": step, "loss": round(value, 4), **{k: round(v, 4) for k, v in parts.items()},
                             "seconds": round(time.time() - started, 1)})
-        bar.set_postfix(loss=f"{smooth:.3f}", ce=f"{parts['ce']:.3f}", loc=f"{parts.get('loc', 0):.2f}",
-                        slot=f"{parts.get('slot', 0):.2f}", names=f"{parts.get('names', 0):.2f}")
+        shown = {"loss": f"{smooth:.3f}", "ce": f"{parts['ce']:.3f}", "loc": f"{parts.get('loc', 0):.2f}",
+                 "slot": f"{parts.get('slot', 0):.2f}", "names": f"{parts.get('names', 0):.2f}"}
+        if budget is not None:  # the bar's own ETA counts steps, which a time budget usually cuts short
+            shown["left"] = f"{max(budget - (time.time() - started), 0) / 60:.1f}min"
+        bar.set_postfix(shown)
         bar.update(1)
         if step % config.checkpoint_every == 0:
             checkpoint()

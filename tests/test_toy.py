@@ -58,6 +58,10 @@ def test_caption_markup_parses_back_to_the_boxes():
         assert toy.box_iou(entity.boxes[0], shape.box) > 0.7  # 32x32 cells, centres
 
 
+_TINY_SHAPE = dict(vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1, text_heads=2,
+                   text_ffn=64, latent_query_num=16)
+
+
 def test_one_training_step_on_a_tiny_config_is_finite():
     import torch
 
@@ -65,8 +69,7 @@ def test_one_training_step_on_a_tiny_config_is_finite():
 
     torch.manual_seed(0)
     processor = build_processor()
-    shape = toy.ToyShape(vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1,
-                         text_heads=2, text_ffn=64, latent_query_num=16)
+    shape = toy.ToyShape(**_TINY_SHAPE)
     model = toy.build_toy_model(processor, shape, seed=0)
     assert getattr(model.config, toy.TOY_MARKER) is True
     examples = toy.batch_examples(0, 0, 2)
@@ -94,6 +97,43 @@ def test_one_training_step_on_a_tiny_config_is_finite():
                               name_target=names, name_weight=0.5)
     loss.backward()
     assert torch.isfinite(loss) and parts["slot"] > 0 and parts["names"] > 0
+
+
+def _train_tiny(out, steps):
+    said = []
+    config = toy.TrainConfig(steps=steps, batch_size=2, warmup=2, single_only_steps=1, checkpoint_every=2,
+                             device="cpu", workers=0, shape=toy.ToyShape(**_TINY_SHAPE))
+    toy.train(out, config, log=said.append, progress=False)
+    return said
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def test_training_is_deterministic_for_a_seed_and_resumes_where_it_stopped(tmp_path):
+    import json
+
+    import torch
+
+    _train_tiny(tmp_path / "straight", 4)
+    _train_tiny(tmp_path / "again", 4)
+    assert _train_tiny(tmp_path / "resumed", 2)[-1].startswith("Saved the toy at step 2")
+    said = _train_tiny(tmp_path / "resumed", 4)
+    assert said[0].startswith("Resuming from step 2")
+
+    straight, again, resumed = (_weights(tmp_path / d) for d in ("straight", "again", "resumed"))
+    from kosmos_demo.tiny import build_processor
+
+    initial = toy.build_toy_model(build_processor(), toy.ToyShape(**_TINY_SHAPE), seed=0).state_dict()
+    assert any(not torch.equal(straight[k], initial[k]) for k in straight)  # it did train
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, again[name]), name
+        assert torch.allclose(tensor, resumed[name], atol=1e-6), name
+    record = json.loads((tmp_path / "resumed" / "toy_training.json").read_text())
+    assert record["step"] == 4 and record["config"]["seed"] == 0
 
 
 def _example(seed, **shares):
