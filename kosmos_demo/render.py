@@ -360,14 +360,22 @@ class HeatmapAnnotator:
         return Image.blend(out, colored, self.alpha)
 
 
-def _visible_token(text: str) -> str:
-    """``text`` with its whitespace made visible: space "·", newline "↵", tab "→", empty "∅"."""
+def visible_token(text: str, word_spaces: bool = False) -> str:
+    """``text`` with its whitespace made visible: space "·", newline "↵", tab "→", empty "∅".
+
+    ``word_spaces=True`` keeps the spaces of a token that has something else to show (" the"
+    reads as a word in a strip of tokens); a token of spaces alone still shows its dots.
+
+    >>> visible_token(" the"), visible_token(" the", word_spaces=True), visible_token(" ", word_spaces=True)
+    ('·the', ' the', '·')
+    """
     if not text:
         return "\u2205"
+    keep_spaces = word_spaces and text.strip(" ") != ""
     shown = []
     for ch in text:
         if ch == " ":
-            shown.append("\u00b7")
+            shown.append(" " if keep_spaces else "\u00b7")
         elif ch == "\n":
             shown.append("\u21b5")
         elif ch == "\t":
@@ -436,7 +444,7 @@ def heatmap_grid(
         top = gap + row * (thumb.height + caption + gap)
         overlay = annotator.annotate(thumb, maps[k])
         grid.paste(overlay, (left + (cell - thumb.width) // 2, top))
-        texts = [_visible_token(str(labels[k]))]
+        texts = [visible_token(str(labels[k]))]
         if shares is not None:
             texts.append(f"img {float(shares[k]) * 100:.0f}%")
         for j, text in enumerate(texts):

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .render import HeatmapAnnotator, annotate_entities, entity_color, entity_label, heatmap_grid
+from .render import HeatmapAnnotator, annotate_entities, entity_color, entity_label, heatmap_grid, visible_token
 from .results import Result, Token
 from .settings import DecodingSettings
 from .tasks import PromptError, Request, build_prompt, parse_box, validate_box
@@ -188,9 +188,7 @@ def token_display(token: Token) -> str:
     if token.kind == "location":
         digits = "".join(ch for ch in text if ch.isdigit())
         return f"\u2039loc {int(digits)}\u203a" if digits else text
-    if not text:
-        return "\u2205"
-    return text.replace("\n", "\u21b5").replace("\t", "\u2192")
+    return visible_token(text, word_spaces=True)
 
 
 def token_segments(result: Result) -> Segments:

@@ -108,6 +108,14 @@ def test_token_segments_one_clickable_segment_per_generated_token(fake_result):
     assert uv.heatmap_overview(Image.new("RGB", (200, 100)), fake_result).width > 200
 
 
+def test_tokens_of_whitespace_alone_stay_visible():
+    """A generated space would otherwise be an empty chip in the strip and an empty <code> in the heatmap line."""
+    assert uv.token_display(Token(" ", "text", (0, 1), True, 0)) == "\u00b7"
+    assert uv.token_display(Token("\n", "text", (0, 1), True, 0)) == "\u21b5"
+    assert uv.token_display(Token("", "text", None, True, 0)) == "\u2205"
+    assert uv.token_display(Token(" the", "text", (0, 4), True, 0)) == " the"  # a word reads as a word
+
+
 def test_token_text_is_escaped_in_markdown():
     token = Token("<b>x</b>", "text", (0, 8), True, 0)
     result = Result((10, 10), "custom", "", "<b>x</b>", "", (), (token,),

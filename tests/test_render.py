@@ -12,7 +12,7 @@ from kosmos_demo.render import (
     _label_rect,
     _relative_luminance,
     _text_color,
-    _visible_token,
+    visible_token,
     annotate_entities,
     entity_color,
     entity_label,
@@ -382,11 +382,15 @@ def test_invalid_annotator_settings_are_rejected():
 
 
 def test_visible_token():
-    assert _visible_token(" the") == "\u00b7the"
-    assert _visible_token(" ") == "\u00b7"
-    assert _visible_token("") == "\u2205"
-    assert _visible_token("a\nb\t") == "a\u21b5b\u2192"
-    assert _visible_token("x\x00") == "x\\x00"
+    assert visible_token(" the") == "\u00b7the"
+    assert visible_token(" ") == "\u00b7"
+    assert visible_token("") == "\u2205"
+    assert visible_token("a\nb\t") == "a\u21b5b\u2192"
+    assert visible_token("x\x00") == "x\\x00"
+    # in the token strip: a word keeps its leading space, a token of spaces alone shows them
+    assert visible_token(" the", word_spaces=True) == " the"
+    assert visible_token("  ", word_spaces=True) == "\u00b7\u00b7"
+    assert visible_token(" a\n", word_spaces=True) == " a\u21b5"
 
 
 def test_heatmap_grid_grows_with_token_count():
