@@ -17,6 +17,7 @@ rounding (the summation order differs).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -34,6 +35,17 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
         return "this PyTorch build has no oneDNN (mkldnn)"
     if dtype not in (torch.float32, torch.bfloat16):
         return f"oneDNN linear packing supports float32 and bfloat16, not {str(dtype).replace('torch.', '')}"
+    return _probe(dtype)
+
+
+@functools.cache
+def _probe(dtype: torch.dtype) -> str | None:
+    """Pack one tiny weight: oneDNN's bf16 path needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT, and says so."""
+    try:
+        with torch.no_grad():
+            PackedLinear(nn.Linear(8, 8).to(dtype))(torch.ones(1, 8, dtype=dtype))
+    except RuntimeError as error:
+        return f"this CPU cannot run oneDNN's {str(dtype).replace('torch.', '')} linear ({error})"
     return None
 
 

@@ -222,13 +222,13 @@ class Kosmos2Engine:
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "auto", dtype: str = "auto",
-             progress: Callable[[str], None] | None = None, pack: bool | None = None) -> "Kosmos2Engine":
+             progress: Callable[[str], None] | None = None, pack: bool = True) -> "Kosmos2Engine":
         """``from_pretrained`` for a hub id or a local folder, straight to the target device and dtype.
 
         On the CPU (fp32/bf16) the linear layers are then packed for oneDNN
         (:mod:`kosmos_demo.cpu_linear`): seconds more at load, much faster batches.
-        ``pack=False`` keeps the stock layers (``None``: packed where available,
-        unless ``KOSMOS_DEMO_ONEDNN=0``).
+        ``pack=False`` or ``KOSMOS_DEMO_ONEDNN=0`` keeps the stock layers, and so
+        does a CPU whose oneDNN cannot run the dtype (bf16 without AVX-512).
         """
         from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
 
@@ -248,11 +248,11 @@ class Kosmos2Engine:
         except Exception as error:  # OSError, ValueError, SafetensorError (truncated file), RuntimeError (shapes)...
             raise _load_failure(source, error) from error
         quantized = bool(getattr(net, "is_quantized", False))
-        if pack is None:
-            pack = cpu_linear.wanted(target, torch_dtype, quantized)
-        if pack and not quantized:
+        if pack and cpu_linear.wanted(target, torch_dtype, quantized):
             say(f"Packing the linear layers for oneDNN (CPU; set {cpu_linear.OPT_OUT}=0 to skip)...")
             cpu_linear.pack_linears(net)
+        elif pack and target.type == "cpu" and (reason := cpu_linear.unavailable_reason(target, torch_dtype)):
+            say(f"Keeping the stock linear layers: {reason}.")
         say("Model loaded.")
         return cls(net, processor, source=source)
 

@@ -1,6 +1,7 @@
 """oneDNN-packed linears: the engine's CPU path gives the stock results, faster (speed: python -m bench)."""
 
 import pytest
+from PIL import Image
 import torch
 from torch import nn
 
@@ -69,3 +70,32 @@ def test_the_toy_says_the_same_with_and_without_packing():
     a, b = packed.describe(scene.image, request), stock.describe(scene.image, request)
     assert a.text == b.text and [e.boxes for e in a.entities] == [e.boxes for e in b.entities]
     np.testing.assert_allclose(a.heatmaps.maps, b.heatmaps.maps, atol=2e-2)
+
+
+@needs_onednn
+def test_the_probe_agrees_with_the_cpu_on_bfloat16():
+    supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert (cpu_linear.unavailable_reason(torch.device("cpu"), torch.bfloat16) is None) == supported
+
+
+@needs_onednn
+def test_a_cpu_without_onednn_bfloat16_loads_the_stock_layers(tiny_checkpoint, monkeypatch):
+    """CPUs without AVX-512 refuse bf16 packing with a RuntimeError: the engine must load unpacked, and say why."""
+    def refuse(weight, *args):
+        if weight.dtype == torch.bfloat16:
+            raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert or avx512bw")
+        return real(weight, *args)
+
+    real = torch.ops.mkldnn._reorder_linear_weight
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    cpu_linear._probe.cache_clear()
+    try:
+        said = []
+        engine = Kosmos2Engine.load(str(tiny_checkpoint), device="cpu", dtype="bfloat16", progress=said.append)
+        assert not any(isinstance(m, cpu_linear.PackedLinear) for m in engine.model.modules())
+        assert any("stock linear layers" in line and "avx512bw" in line for line in said), said
+        assert engine.describe(Image.new("RGB", (40, 30), "red")).prompt
+        fp32 = Kosmos2Engine.load(str(tiny_checkpoint), device="cpu")
+        assert any(isinstance(m, cpu_linear.PackedLinear) for m in fp32.model.modules())
+    finally:
+        cpu_linear._probe.cache_clear()
