@@ -112,6 +112,18 @@ class ImageAttentionRecorder:
         return self._patches.to("cpu", torch.float16)
 
 
+def projection_attentions(output) -> torch.Tensor | None:
+    """The image-to-text projection's attention weights from an eager forward's output, or None.
+
+    transformers 5.24 moved them from the output to ``output.image_outputs``
+    (the old attribute warns, and goes in 5.30).
+    """
+    image_outputs = getattr(output, "image_outputs", None)
+    if image_outputs is not None:
+        return image_outputs.projection_attentions
+    return getattr(output, "projection_attentions", None)
+
+
 def _softmax_rows(query, key, mask, scaling) -> torch.Tensor:
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
     if mask is not None:

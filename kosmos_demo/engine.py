@@ -152,7 +152,7 @@ _LEFT_PADDING: contextvars.ContextVar[torch.Tensor | None] = contextvars.Context
 
 def _shift_positions_past_padding(module, args, kwargs):
     pads = _LEFT_PADDING.get()
-    past = kwargs.get("past_key_values_length", 0)
+    past = kwargs.get("cache_length", kwargs.get("past_key_values_length", 0))  # renamed in transformers 5.24
     input_ids = kwargs.get("input_ids")
     if pads is None or not past or input_ids is None or kwargs.get("position_ids") is not None:
         return None

@@ -421,6 +421,8 @@ def loss_fn(model, batch, labels, location_first: int, sigma: float = 1.0, weigh
     import torch
     import torch.nn.functional as F
 
+    from .attention import projection_attentions
+
     use_names = name_target is not None and name_weight > 0
     out = model(**batch, use_cache=False, output_attentions=use_names)
     logits = out.logits[:, :-1].float()
@@ -442,7 +444,7 @@ def loss_fn(model, batch, labels, location_first: int, sigma: float = 1.0, weigh
         parts["loc"] = float(loc.detach())
         total = total + weight * loc
     if slot_target is not None and slot_weight > 0:
-        attention = out.projection_attentions  # (B, heads, slots, 1 + patches + slots) under eager attention
+        attention = projection_attentions(out)  # (B, heads, slots, 1 + patches + slots) under eager attention
         if attention is None:
             raise RuntimeError("the slot prior needs the projection's attention weights: use eager attention")
         patches = attention.float().mean(dim=1)[:, :, 1 : 1 + slot_target.shape[1]]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import Kosmos2ForConditionalGeneration, LogitsProcessor
 
-from kosmos_demo.attention import token_heatmaps
+from kosmos_demo.attention import projection_attentions, token_heatmaps
 from kosmos_demo.grounding import split_markup
 from kosmos_demo.engine import Kosmos2Engine, ModelLoadError, Partial, get_engine
 from kosmos_demo.images import ImageLoadError
@@ -115,7 +115,7 @@ def test_recorded_heatmaps_equal_eager_attention(tiny_checkpoint, tiny_engine, i
     rows = range(prompt_length - 1, sequence.shape[1] - 1)  # the positions that predicted each new token
     decoder = torch.stack(out.attentions).mean(dim=(0, 2))[0]  # layers and heads averaged: (L, L)
     expected_rows = decoder[list(rows)][:, slots].numpy()
-    projection = out.projection_attentions[0].mean(dim=0)[:, 1:257].numpy()
+    projection = projection_attentions(out)[0].mean(dim=0)[:, 1:257].numpy()
     np.testing.assert_allclose(generated.slot_rows[0].float().numpy(), expected_rows, atol=2e-3)
     np.testing.assert_allclose(generated.patch_weights[0].float().numpy(), projection, atol=2e-3)
     result = tiny_engine.postprocess(prepared, generated)[0]
