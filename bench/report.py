@@ -202,7 +202,7 @@ def render_markdown(report: Report) -> str:
                   f"({memory.kept_shapes}); its Result holds {memory.result_bytes:,} bytes of maps and shares "
                   f"({memory.tokens} tokens).", "",
                   f"Heatmap recording cost, instrumented in one request: {memory.recorder_seconds:.3f} s in "
-                  f"{memory.recorder_calls} `ImageAttentionRecorder.observe` calls, "
+                  f"{memory.recorder_calls} `ImageAttentionRecorder.observe` and `slot_rows` calls, "
                   f"{100 * memory.recorder_seconds / memory.forward_seconds:.1f} % of that request's "
                   f"{memory.forward_seconds:.2f} s `engine.forward`.", ""]
     if report.leak:

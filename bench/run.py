@@ -184,7 +184,7 @@ class MemoryResult:
     kept_shapes: str
     result_bytes: int  # Heatmaps.maps + image_share in the Result
     tokens: int
-    recorder_seconds: float  # time inside ImageAttentionRecorder.observe for that request
+    recorder_seconds: float  # time inside ImageAttentionRecorder.observe and slot_rows for that request
     recorder_calls: int
     forward_seconds: float  # the whole engine.forward of that request
 
@@ -444,24 +444,28 @@ def measure_memory(setup: Setup) -> MemoryResult:
     engine = setup.engine
     use_attention(setup.model, _engine_attention())()
     spent = {"seconds": 0.0, "calls": 0}
-    observe = ImageAttentionRecorder.observe
+    methods = {name: getattr(ImageAttentionRecorder, name) for name in ("observe", "slot_rows")}
 
-    def timed_observe(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return observe(self, *args, **kwargs)
-        finally:
-            spent["seconds"] += time.perf_counter() - start
-            spent["calls"] += 1
+    def timed(method):
+        def run(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                spent["seconds"] += time.perf_counter() - start
+                spent["calls"] += 1
+        return run
 
     prepared = engine.preprocess([setup.images[0]], [setup.request(heatmaps=True)])
-    ImageAttentionRecorder.observe = timed_observe
+    for name, method in methods.items():
+        setattr(ImageAttentionRecorder, name, timed(method))
     try:
         start = time.perf_counter()
         generated = engine.forward(prepared)
         forward_seconds = time.perf_counter() - start
     finally:
-        ImageAttentionRecorder.observe = observe
+        for name, method in methods.items():
+            setattr(ImageAttentionRecorder, name, method)
     kept = [generated.slot_rows, generated.patch_weights]
     result = engine.postprocess(prepared, generated)[0]
     return MemoryResult(

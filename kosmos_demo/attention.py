@@ -10,9 +10,12 @@ the image-to-text projection's one cross-attention. So a token's map is
 Eager attention would return both, but it is slow and keeps every row of every
 layer. Instead the model runs with :data:`ATTENTION_IMPLEMENTATION`: sdpa for
 the output, plus, only while an :class:`ImageAttentionRecorder` is active, a
-softmax of ``q k^T`` for the rows it needs, reduced at once to their image-slot
-columns. During decoding that is one query row per layer per step, so it costs
-next to nothing; nothing is computed or kept when heatmaps are off.
+softmax of ``q k^T`` for the rows it needs, reduced to their image-slot
+columns. While decoding, the recorder only keeps each step's one query row per
+layer (a reference: no kernel runs) and the layer's latest keys; after
+``generate`` one masked softmax per layer turns them into rows. A GPU decode
+is bound by kernel launches, so work per step would show there; nothing is
+computed or kept when heatmaps are off.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class ImageAttentionRecorder:
     and :meth:`patch_weights` is (batch, slots, patches), both on the CPU.
     """
 
+    chunk_rows = 128
+    """Decoding rows softmaxed at once after ``generate``: bounds the (batch, heads, rows, keys) scores."""
+
     def __init__(self, model, slot_positions: torch.Tensor, first_row: int):
         layers = model.text_model.model.layers
         self._layer_of = {id(layer.self_attn): i for i, layer in enumerate(layers)}
@@ -64,7 +70,12 @@ class ImageAttentionRecorder:
         self._slots = slot_positions
         self._slot_index: torch.Tensor | None = None  # _slots on the model's device, copied once
         self._first_row = first_row
-        self._steps: list[torch.Tensor] = []
+        self._rows: list[torch.Tensor | None] = [None] * self._num_layers  # (B, rows, slots) computed at once
+        self._queries: list[list[torch.Tensor]] = [[] for _ in range(self._num_layers)]  # decoding steps, deferred
+        self._positions: list[list[int]] = [[] for _ in range(self._num_layers)]  # each step's query position
+        self._keys: list[torch.Tensor | None] = [None] * self._num_layers  # each layer's latest (longest) keys
+        self._padding: list[torch.Tensor | None] = [None] * self._num_layers  # and its mask over them
+        self._scaling: float | None = None
         self._patches: torch.Tensor | None = None
 
     @contextmanager
@@ -87,23 +98,57 @@ class ImageAttentionRecorder:
         first = max(self._first_row - start, 0)
         if first >= query.shape[2]:
             return
+        if query.shape[2] == 1 and start > self._first_row:  # a decoding step: keep references only
+            self._queries[layer].append(query)
+            self._positions[layer].append(start)
+            self._keys[layer] = key
+            self._padding[layer] = attention_mask
+            self._scaling = scaling
+            return
         mask = attention_mask[:, :, first:, :] if attention_mask is not None else None
-        probs = _softmax_rows(query[:, :, first:], key, mask, scaling)  # (B, H, rows, keys)
+        self._rows[layer] = self._image_columns(_softmax_rows(query[:, :, first:], key, mask, scaling))
+
+    def _image_columns(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, H, rows, keys) -> (B, rows, slots): the image-slot columns, heads averaged."""
         if self._slot_index is None or self._slot_index.device != probs.device:
-            # once, not per layer and step: a host-to-GPU copy would stall the asynchronous decode each time
+            # once, not per layer: a host-to-GPU copy would stall an asynchronous decode
             self._slot_index = self._slots.to(probs.device)
         index = self._slot_index[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1)
-        image = probs.gather(-1, index).mean(dim=1)  # (B, rows, slots)
-        if layer == 0:
-            self._steps.append(image)
-        else:
-            self._steps[-1] += image
+        return probs.gather(-1, index).mean(dim=1)
+
+    def _decoded_rows(self, layer: int) -> torch.Tensor | None:
+        """The deferred decoding steps of one layer, as image-slot rows (query i sees keys up to its position)."""
+        queries, keys = self._queries[layer], self._keys[layer]
+        if not queries:
+            return None
+        query = torch.cat(queries, dim=2)  # (B, H, steps, d)
+        steps, length = query.shape[2], keys.shape[2]
+        positions = torch.tensor(self._positions[layer], device=keys.device)
+        causal = torch.zeros(steps, length, device=keys.device)
+        causal.masked_fill_(torch.arange(length, device=keys.device)[None, :] > positions[:, None], float("-inf"))
+        padding = self._padding[layer]
+        padding = padding[:, :, -1:, :length].float() if padding is not None else 0.0  # the last step sees every key
+        parts = []
+        for begin in range(0, steps, self.chunk_rows):
+            rows = slice(begin, begin + self.chunk_rows)
+            mask = causal[None, None, rows] + padding
+            parts.append(self._image_columns(_softmax_rows(query[:, :, rows], keys, mask, self._scaling)))
+        return torch.cat(parts, dim=1)
 
     def slot_rows(self) -> torch.Tensor:
         """(batch, rows, slots): each kept row's attention to the image slots, layers and heads averaged."""
-        if not self._steps:
+        total = None
+        for layer in range(self._num_layers):
+            parts = [r for r in (self._rows[layer], self._decoded_rows(layer)) if r is not None]
+            if parts:
+                rows = torch.cat(parts, dim=1)
+                total = rows if total is None else total + rows
+        self._queries = [[] for _ in range(self._num_layers)]  # done: let the step tensors go
+        self._positions = [[] for _ in range(self._num_layers)]
+        self._keys = [None] * self._num_layers
+        if total is None:
             return torch.zeros(self._slots.shape[0], 0, self._slots.shape[1])
-        return (torch.cat(self._steps, dim=1) / self._num_layers).to("cpu", torch.float16)
+        return (total / self._num_layers).to("cpu", torch.float16)
 
     def patch_weights(self) -> torch.Tensor:
         """(batch, slots, patches): the projection's attention from each slot to each patch."""

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from transformers import Kosmos2ForConditionalGeneration, LogitsProcessor
 
-from kosmos_demo.attention import projection_attentions, token_heatmaps
+from kosmos_demo import attention
+from kosmos_demo.attention import ImageAttentionRecorder, projection_attentions, token_heatmaps
 from kosmos_demo.grounding import split_markup
 from kosmos_demo.engine import Kosmos2Engine, ModelLoadError, Partial, get_engine
 from kosmos_demo.images import ImageLoadError
@@ -98,7 +99,9 @@ def test_forced_grounded_generation_gives_model_card_entities(tiny_engine, image
 
 
 
-def test_recorded_heatmaps_equal_eager_attention(tiny_checkpoint, tiny_engine, image):
+@pytest.mark.parametrize("chunk_rows", [128, 5])
+def test_recorded_heatmaps_equal_eager_attention(tiny_checkpoint, tiny_engine, image, chunk_rows, monkeypatch):
+    monkeypatch.setattr(ImageAttentionRecorder, "chunk_rows", chunk_rows)  # 5: the deferred rows in 3 chunks
     request = Request(Task.BRIEF, decoding=DecodingSettings(max_new_tokens=12, min_new_tokens=12), heatmaps=True)
     prepared = tiny_engine.preprocess([image], [request])
     generated = tiny_engine.forward(prepared)
@@ -122,6 +125,22 @@ def test_recorded_heatmaps_equal_eager_attention(tiny_checkpoint, tiny_engine, i
     maps, share = token_heatmaps(expected_rows, projection)
     np.testing.assert_allclose(result.heatmaps.maps, maps, atol=2e-2)
     np.testing.assert_allclose(result.heatmaps.image_share, share, atol=2e-3)
+
+
+def test_decoding_steps_run_no_attention_math_until_generate_ends(tiny_engine, image, monkeypatch):
+    """A GPU decode is launch-bound: the recorder keeps references per step and softmaxes once per layer after."""
+    calls = []
+    softmax = attention._softmax_rows
+    monkeypatch.setattr(attention, "_softmax_rows", lambda *args: calls.append(args[0].shape[2]) or softmax(*args))
+    steps = 9
+    request = Request(Task.BRIEF, decoding=DecodingSettings(max_new_tokens=steps, min_new_tokens=steps), heatmaps=True)
+    prepared = tiny_engine.preprocess([image], [request])
+    generated = tiny_engine.forward(prepared)
+    layers = len(tiny_engine.model.text_model.model.layers)
+    # the projection once, the prefill's row once per layer, then each layer's deferred steps in one go
+    assert calls == [tiny_engine.num_slots] + [1] * layers + [steps - 1] * layers
+    assert generated.slot_rows.shape == (1, steps, tiny_engine.num_slots)
+    assert "heatmaps" in generated.timings
 
 
 def test_beam_search_heatmaps_come_from_one_teacher_forced_pass(tiny_engine, image):
@@ -161,6 +180,7 @@ def test_batch_equals_single_runs_with_left_padding(tiny_engine, image):
         assert b.raw_text == s.raw_text
         assert [t.text for t in b.tokens] == [t.text for t in s.tokens]
         np.testing.assert_allclose(b.heatmaps.maps, s.heatmaps.maps, atol=2e-2)
+        np.testing.assert_allclose(b.heatmaps.image_share, s.heatmaps.image_share, atol=2e-3)
 
 
 def test_same_seed_same_sample(tiny_engine, image):
