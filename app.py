@@ -46,7 +46,8 @@ def create_demo(args: argparse.Namespace):
     if _on_zero_gpu():  # ZeroGPU wants the weights on cuda at start-up; it attaches the GPU per call
         device = "cuda" if device == "auto" else device
         dtype = "bfloat16" if dtype == "auto" else dtype
-    engine = get_engine(args.model, device, dtype, progress=lambda message: print(message, file=sys.stderr, flush=True))
+    engine = get_engine(args.model, device, dtype, progress=lambda message: print(message, file=sys.stderr, flush=True),
+                        quantize=args.quantize)
     from kosmos_demo.ui import build_demo  # gradio is imported only once there is a model to serve
 
     return build_demo(engine, concurrency=args.concurrency, max_queue=args.max_queue)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import shlex
 import statistics
 import subprocess
@@ -237,20 +236,13 @@ class Report:
 
 
 def check_quantization(choice: str) -> None:
-    if choice != "none" and importlib.util.find_spec("bitsandbytes") is None:
-        print(f"error: --quantize {choice} needs bitsandbytes, which is not installed "
-              "(pip install bitsandbytes); nothing was measured.", file=sys.stderr)
-        raise SystemExit(2)
+    from kosmos_demo.engine import EngineError, quantization_config
 
-
-def quantization_config(choice: str, dtype: torch.dtype):
-    if choice == "none":
-        return None
-    from transformers import BitsAndBytesConfig
-
-    if choice == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+    try:
+        quantization_config(choice, torch.bfloat16)
+    except EngineError as error:
+        print(f"error: {error} Nothing was measured.", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def write_checkpoint(size: str, directory: Path) -> None:
@@ -261,6 +253,8 @@ def write_checkpoint(size: str, directory: Path) -> None:
 def load_model(directory: Path, device: torch.device, dtype: torch.dtype, quantize: str):
     """The model as the model card loads it (sdpa by default), straight to device and dtype."""
     from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+
+    from kosmos_demo.engine import quantization_config
 
     extra = {}
     if device.type != "cpu" or quantize != "none":

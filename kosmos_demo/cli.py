@@ -63,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --device, --dtype: shared with app.py."""
+    """--model, --device, --dtype, --quantize: shared with app.py."""
     parser.add_argument("--model", default=None,
                         help="hub id or local folder (default: $KOSMOS_MODEL or microsoft/kosmos-2-patch14-224)")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+    parser.add_argument("--quantize", choices=["none", "8bit", "4bit"], default="none",
+                        help="load the weights in 8 or 4 bits through bitsandbytes (a CUDA GPU; pip install bitsandbytes)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,7 +125,8 @@ def describe(args: argparse.Namespace) -> int:
     from .images import ImageLoadError, load_image
 
     try:
-        engine = get_engine(args.model, args.device, args.dtype, progress=lambda m: print(m, file=sys.stderr))
+        engine = get_engine(args.model, args.device, args.dtype, progress=lambda m: print(m, file=sys.stderr),
+                            quantize=args.quantize)
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
 """The Gradio app: pure value conversions, the handlers, and the live server over HTTP (gradio_client)."""
 
+import importlib.util
 import inspect
 import json
 import os
@@ -400,6 +401,15 @@ def test_app_exits_with_a_clear_message_when_weights_cannot_load(tmp_path):
                           capture_output=True, text=True, timeout=120, env=_app_env(), cwd=tmp_path)
     assert done.returncode != 0
     assert "Could not load Kosmos-2" in done.stderr and "--model" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_app_asked_to_quantize_without_bitsandbytes_says_so(app_checkpoint, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "--model", str(app_checkpoint), "--quantize", "8bit"],
+                          capture_output=True, text=True, timeout=120, env=_app_env(), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "needs bitsandbytes" in done.stderr and "pip install bitsandbytes" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
 
 

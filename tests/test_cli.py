@@ -1,5 +1,6 @@
 """The CLI as a user runs it: a real subprocess, JSON Lines on stdout."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -69,6 +70,13 @@ def test_bad_settings_exit_2_with_message(tiny_checkpoint, folder, flags, messag
     else:
         assert done.returncode == 2 and message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_quantizing_without_bitsandbytes_is_a_clear_error(tiny_checkpoint, folder):
+    done = run_cli("describe", str(folder / "a.png"), "--model", str(tiny_checkpoint), "--quantize", "4bit")
+    assert done.returncode == 1 and "4bit needs bitsandbytes" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
 
 
 def test_missing_model_is_a_clear_paragraph(folder, tmp_path):

@@ -1,5 +1,6 @@
 """End to end through real ``generate`` on the tiny checkpoint built offline."""
 
+import importlib.util
 import threading
 
 import numpy as np
@@ -141,6 +142,19 @@ def test_decoding_steps_run_no_attention_math_until_generate_ends(tiny_engine, i
     assert calls == [tiny_engine.num_slots] + [1] * layers + [steps - 1] * layers
     assert generated.slot_rows.shape == (1, steps, tiny_engine.num_slots)
     assert "heatmaps" in generated.timings
+
+
+def test_quantization_is_checked_before_anything_loads(tiny_checkpoint):
+    from kosmos_demo.engine import EngineError, quantization_config
+
+    assert quantization_config("none", torch.float16) is None
+    with pytest.raises(EngineError, match="Unknown quantization '3bit'"):
+        Kosmos2Engine.load(str(tiny_checkpoint), device="cpu", quantize="3bit")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(EngineError, match="needs bitsandbytes"):
+            Kosmos2Engine.load(str(tiny_checkpoint), device="cpu", quantize="8bit")
+    else:
+        assert quantization_config("4bit", torch.float16).bnb_4bit_quant_type == "nf4"
 
 
 def test_beam_search_heatmaps_come_from_one_teacher_forced_pass(tiny_engine, image):
