@@ -146,6 +146,7 @@ class ImageAttentionRecorder:
         self._queries = [[] for _ in range(self._num_layers)]  # done: let the step tensors go
         self._positions = [[] for _ in range(self._num_layers)]
         self._keys = [None] * self._num_layers
+        self._padding = [None] * self._num_layers
         if total is None:
             return torch.zeros(self._slots.shape[0], 0, self._slots.shape[1])
         return (total / self._num_layers).to("cpu", torch.float16)
