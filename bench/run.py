@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from kosmos_demo.settings import QUANTIZATIONS
+
 from .models import SIZES
 from .timing import Series, TokenClock, Variant, alternate, current_rss, machine_load, peak_rss, synchronize
 
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch.compile the vision and text forwards (GPU mainly)")
     parser.add_argument("--no-onednn", dest="onednn", action="store_false",
                         help="keep stock nn.Linear on CPU (the engine packs them for oneDNN, kosmos_demo/cpu_linear.py)")
-    parser.add_argument("--quantize", choices=["none", "8bit", "4bit"], default="none",
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
                         help="load through bitsandbytes BitsAndBytesConfig (needs bitsandbytes)")
     parser.add_argument("--skip", action="append", default=[], metavar="PARTS",
                         help=f"parts to skip, comma separated or repeated: {', '.join(PARTS)}")

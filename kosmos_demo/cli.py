@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .settings import STRATEGIES, DecodingSettings, SettingsError
+from .settings import QUANTIZATIONS, STRATEGIES, DecodingSettings, SettingsError
 from .tasks import PromptError, Request, Task, build_prompt, parse_box
 
 _DECODING_FLAGS = [f for f in fields(DecodingSettings) if f.name != "strategy"]
@@ -68,7 +68,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="hub id or local folder (default: $KOSMOS_MODEL or microsoft/kosmos-2-patch14-224)")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
-    parser.add_argument("--quantize", choices=["none", "8bit", "4bit"], default="none",
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
                         help="load the weights in 8 or 4 bits through bitsandbytes (a CUDA GPU; pip install bitsandbytes)")
 
 

@@ -28,6 +28,7 @@ from .attention import ATTENTION_IMPLEMENTATION, ImageAttentionRecorder, token_h
 from .grounding import TAG_TOKENS, normalize_box, parse_grounded, to_pixels
 from .images import ImageLimits, load_image
 from .results import Entity, Heatmaps, Result, Token
+from .settings import QUANTIZATIONS
 from .tasks import PromptError, Request, build_prompt, validate_box
 from .tiny import TINY_MARKER
 from .toy import TOY_MARKER
@@ -90,9 +91,6 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device = torc
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise EngineError(f"Unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16.") from None
-
-
-QUANTIZATIONS = ("none", "8bit", "4bit")
 
 
 def quantization_config(quantize: str, dtype: torch.dtype):

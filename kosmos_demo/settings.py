@@ -9,6 +9,10 @@ from typing import Any, Mapping, NamedTuple
 STRATEGIES = ("greedy", "beam", "sample")
 
 
+QUANTIZATIONS = ("none", "8bit", "4bit")
+"""Weight quantization choices (``Kosmos2Engine.load(quantize=...)``, ``--quantize``); bitsandbytes for 8/4 bits."""
+
+
 class SettingsError(ValueError):
     """A decoding value out of range or of the wrong type; names the field."""
 
