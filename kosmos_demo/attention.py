@@ -72,9 +72,9 @@ class ImageAttentionRecorder:
         self._first_row = first_row
         self._rows: list[torch.Tensor | None] = [None] * self._num_layers  # (B, rows, slots) computed at once
         self._queries: list[list[torch.Tensor]] = [[] for _ in range(self._num_layers)]  # decoding steps, deferred
-        self._positions: list[list[int]] = [[] for _ in range(self._num_layers)]  # each step's query position
+        self._positions: list[int] = []  # each decoding step's query position (the same in every layer)
         self._keys: list[torch.Tensor | None] = [None] * self._num_layers  # each layer's latest (longest) keys
-        self._padding: list[torch.Tensor | None] = [None] * self._num_layers  # and its mask over them
+        self._padding: torch.Tensor | None = None  # the latest step's mask: it sees every key
         self._scaling: float | None = None
         self._patches: torch.Tensor | None = None
 
@@ -100,10 +100,10 @@ class ImageAttentionRecorder:
             return
         if query.shape[2] == 1 and start > self._first_row:  # a decoding step: keep references only
             self._queries[layer].append(query)
-            self._positions[layer].append(start)
             self._keys[layer] = key
-            self._padding[layer] = attention_mask
-            self._scaling = scaling
+            if layer == 0:
+                self._positions.append(start)
+                self._padding, self._scaling = attention_mask, scaling
             return
         mask = attention_mask[:, :, first:, :] if attention_mask is not None else None
         self._rows[layer] = self._image_columns(_softmax_rows(query[:, :, first:], key, mask, scaling))
@@ -116,37 +116,41 @@ class ImageAttentionRecorder:
         index = self._slot_index[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1)
         return probs.gather(-1, index).mean(dim=1)
 
-    def _decoded_rows(self, layer: int) -> torch.Tensor | None:
-        """The deferred decoding steps of one layer, as image-slot rows (query i sees keys up to its position)."""
-        queries, keys = self._queries[layer], self._keys[layer]
-        if not queries:
+    def _decoding_mask(self) -> torch.Tensor | None:
+        """(B or 1, 1, steps, keys) additive mask of the deferred rows: padding, and no key past a row's position."""
+        if not self._positions:
             return None
-        query = torch.cat(queries, dim=2)  # (B, H, steps, d)
-        steps, length = query.shape[2], keys.shape[2]
-        positions = torch.tensor(self._positions[layer], device=keys.device)
-        causal = torch.zeros(steps, length, device=keys.device)
-        causal.masked_fill_(torch.arange(length, device=keys.device)[None, :] > positions[:, None], float("-inf"))
-        padding = self._padding[layer]
-        padding = padding[:, :, -1:, :length].float() if padding is not None else 0.0  # the last step sees every key
+        keys = self._keys[0]
+        length = keys.shape[2]
+        positions = torch.tensor(self._positions, device=keys.device)
+        mask = torch.zeros(len(positions), length, device=keys.device)
+        mask.masked_fill_(torch.arange(length, device=keys.device)[None, :] > positions[:, None], float("-inf"))
+        mask = mask[None, None]
+        if self._padding is not None:
+            mask = mask + self._padding[:, :, -1:, :length].float()
+        return mask
+
+    def _decoded_rows(self, layer: int, mask: torch.Tensor) -> torch.Tensor:
+        """The deferred decoding steps of one layer, as image-slot rows."""
+        query, keys = torch.cat(self._queries[layer], dim=2), self._keys[layer]  # (B, H, steps, d)
         parts = []
-        for begin in range(0, steps, self.chunk_rows):
+        for begin in range(0, query.shape[2], self.chunk_rows):
             rows = slice(begin, begin + self.chunk_rows)
-            mask = causal[None, None, rows] + padding
-            parts.append(self._image_columns(_softmax_rows(query[:, :, rows], keys, mask, self._scaling)))
+            parts.append(self._image_columns(_softmax_rows(query[:, :, rows], keys, mask[:, :, rows], self._scaling)))
         return torch.cat(parts, dim=1)
 
     def slot_rows(self) -> torch.Tensor:
         """(batch, rows, slots): each kept row's attention to the image slots, layers and heads averaged."""
         total = None
+        mask = self._decoding_mask()
         for layer in range(self._num_layers):
-            parts = [r for r in (self._rows[layer], self._decoded_rows(layer)) if r is not None]
+            decoded = None if mask is None else self._decoded_rows(layer, mask)
+            parts = [r for r in (self._rows[layer], decoded) if r is not None]
             if parts:
                 rows = torch.cat(parts, dim=1)
                 total = rows if total is None else total + rows
         self._queries = [[] for _ in range(self._num_layers)]  # done: let the step tensors go
-        self._positions = [[] for _ in range(self._num_layers)]
-        self._keys = [None] * self._num_layers
-        self._padding = [None] * self._num_layers
+        self._positions, self._keys, self._padding = [], [None] * self._num_layers, None
         if total is None:
             return torch.zeros(self._slots.shape[0], 0, self._slots.shape[1])
         return (total / self._num_layers).to("cpu", torch.float16)
