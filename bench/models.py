@@ -56,21 +56,16 @@ SIZES = {
 
 
 def build_processor(vocab_size: int):
-    """The real Kosmos2Processor (224x224 squash) whose tokenizer has exactly ``vocab_size`` ids."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """The real Kosmos2Processor (224x224 squash) whose tokenizer has exactly ``vocab_size`` ids.
+
+    The tiny checkpoint's vocabulary, padded with filler pieces scored below every real one.
+    """
     from transformers import CLIPImageProcessor, Kosmos2Processor, XLMRobertaTokenizer
 
-    from kosmos_demo.tiny import _tokenizer_corpus
+    from kosmos_demo.tiny import VOCABULARY
 
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    trained = Tokenizer(models.Unigram())
-    trained.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
-    )
-    trained.train_from_iterator(_tokenizer_corpus(),
-                                trainers.UnigramTrainer(vocab_size=1000, special_tokens=specials, unk_token="<unk>"))
-    vocab = [tuple(entry) for entry in json.loads(trained.to_str())["model"]["vocab"]]
-    floor = min(score for _, score in vocab[len(specials):]) - 1.0
+    vocab = [tuple(entry) for entry in json.loads(VOCABULARY.read_text(encoding="utf-8"))]
+    floor = min(score for _, score in vocab if score < 0) - 1.0
     seen = {piece for piece, _ in vocab}
     base = vocab_size - ADDED_TOKENS
     filler = (f"▁w{i:05d}" for i in range(10 * base))

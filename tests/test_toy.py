@@ -252,3 +252,23 @@ THRESHOLDS = {
     "pointing_over_chance": 4.0,  # measured 1.00 vs 0.16 chance
 }
 """Set from the shipped toy's measured figures (assets/toy-model/README.md), with margin for 12 images."""
+
+
+@needs_toy
+def test_every_tokenizer_the_project_builds_is_the_toys_own():
+    """A unigram vocabulary trained again puts equal-frequency pieces under other ids (the toy wrote "Z" for ",")."""
+    from transformers import AutoProcessor
+
+    from kosmos_demo.tiny import build_processor
+
+    assert build_processor().tokenizer.get_vocab() == AutoProcessor.from_pretrained(SHIPPED).tokenizer.get_vocab()
+
+
+@needs_toy
+def test_shipped_toy_separates_three_shapes_with_a_comma(toy_engine):
+    from kosmos_demo.tasks import Request
+
+    example = SHIPPED.parent / "toy-examples" / "purple-triangle-and-black-circle-and-white-square.png"
+    text = toy_engine.describe(str(example), Request()).text
+    assert "purple triangle ," in text and " and a white square" in text, text
+    assert "Z" not in text
