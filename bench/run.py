@@ -38,7 +38,7 @@ from .models import SIZES
 from .timing import Series, TokenClock, Variant, alternate, current_rss, machine_load, peak_rss, synchronize
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "assets" / "examples"
+EXAMPLES = ROOT / "kosmos_demo" / "assets" / "examples"
 PROMPT = "<grounding>An image of"
 PARTS = ("a", "b", "c", "d", "e", "load", "leak")
 

@@ -8,6 +8,7 @@ and like segment-anything's ``SamPredictor`` it knows nothing of any UI.
 from __future__ import annotations
 
 import contextvars
+import functools
 from contextlib import nullcontext
 import gc
 import importlib.util
@@ -19,30 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
 from . import DEFAULT_MODEL, cpu_linear
+from .checkpoints import MODEL_ENV, resolve_source
 from .attention import ATTENTION_IMPLEMENTATION, ImageAttentionRecorder, token_heatmaps
 from .grounding import TAG_TOKENS, normalize_box, parse_grounded, to_pixels
 from .images import ImageLimits, load_image
 from .results import Entity, Heatmaps, Result, Token
 from .settings import QUANTIZATIONS
 from .tasks import PromptError, Request, build_prompt, validate_box
-from .tiny import TINY_MARKER
-from .toy import TOY_MARKER
-
-MODEL_ENV = "KOSMOS_MODEL"
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-MODEL_SHORTCUTS = {"toy": ASSETS / "toy-model"}
-"""Names ``--model`` accepts besides hub ids and folders."""
-
-
-def resolve_source(model: str | None = None) -> str:
-    """--model, else $KOSMOS_MODEL, else the hub id; shortcuts like 'toy' become their folder."""
-    source = model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-    return str(MODEL_SHORTCUTS.get(source, source))
 
 
 class EngineError(RuntimeError):
@@ -281,21 +269,12 @@ class Kosmos2Engine:
         say("Model loaded.")
         return cls(net, processor, source=source)
 
-    @property
-    def is_random_preview(self) -> bool:
-        """True for checkpoints made by ``tiny-model``: their output is noise."""
-        return bool(getattr(self.model.config, TINY_MARKER, False))
-
-    @property
-    def preview_note(self) -> str | None:
-        """What a UI must say about a checkpoint that is not the real Kosmos-2, or None."""
-        if self.is_random_preview:
-            return ("Preview: this checkpoint has random weights (built by `python -m kosmos_demo tiny-model`), "
-                    "so captions, boxes and heatmaps are noise. Run with the real model for meaningful output.")
-        if getattr(self.model.config, TOY_MARKER, False):
-            return ("Toy model: a tiny Kosmos-2 trained by this project on generated coloured shapes. "
-                    "It only knows squares, circles and triangles; try the shape examples.")
-        return None
+    @functools.cached_property
+    def max_new_tokens_limit(self) -> int:
+        """The most new tokens any request can ask for: the model's positions less the shortest prompt's."""
+        inputs = self.processor(text=build_prompt(Request(), (1, 1)), images=Image.new("RGB", (8, 8)),
+                                return_tensors="pt", num_image_tokens=self.num_slots)
+        return self.max_positions - inputs["input_ids"].shape[1]
 
     # -- public calls --
 
@@ -317,6 +296,9 @@ class Kosmos2Engine:
                logits_processors: Sequence = ()) -> Iterator[Partial | Result]:
         """Yield :class:`Partial` captions while generating, then the :class:`Result`.
 
+        Settings that cannot stream (beam search: ``DecodingSettings.streams``)
+        yield the :class:`Result` alone, when the search ends.
+
         Setting ``cancel`` or closing the iterator stops generation at the next
         step; the result then holds what was generated so far. The model lock is
         held by the generating thread only, so an abandoned iterator cannot keep
@@ -324,14 +306,14 @@ class Kosmos2Engine:
         """
         cancel = cancel or threading.Event()
         prepared = self.preprocess([image], [request])
-        streamer = _TokenQueue()
+        streamer = _TokenQueue()  # beam search keeps candidates to the end: nothing to show until then
         outcome: dict = {}
 
         def run():
             try:
                 with self._lock:
-                    outcome["generated"] = self.forward(prepared, streamer=streamer, cancel=cancel,
-                                                        logits_processors=logits_processors)
+                    outcome["generated"] = self.forward(prepared, streamer=streamer if request.decoding.streams else None,
+                                                        cancel=cancel, logits_processors=logits_processors)
             except BaseException as error:  # re-raised in the consumer below
                 outcome["error"] = error
             finally:

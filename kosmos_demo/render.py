@@ -24,6 +24,7 @@ __all__ = [
     "BoxAnnotator",
     "HeatmapAnnotator",
     "LabelAnnotator",
+    "RegionAnnotator",
     "annotate_entities",
     "entity_color",
     "entity_label",
@@ -48,9 +49,22 @@ PALETTE: tuple[str, ...] = (
 _ELLIPSIS = "\u2026"
 
 
-def entity_color(index: int) -> str:
+def entity_color(index: int, palette: Sequence[str] = PALETTE) -> str:
     """Colour of the entity at ``index`` (its position, not its phrase)."""
-    return PALETTE[index % len(PALETTE)]
+    return palette[index % len(palette)]
+
+
+def _check_palette(palette: Sequence[str]) -> tuple[str, ...]:
+    colors = tuple(palette)
+    if not colors or not all(isinstance(c, str) and len(c) == 7 and c[0] == "#" for c in colors):
+        raise ValueError("palette must be a non-empty sequence of '#rrggbb' colours")
+    int("".join(c[1:] for c in colors), 16)  # raises ValueError on a non-hex digit
+    return colors
+
+
+def line_thickness(size: tuple[int, int]) -> int:
+    """Outline width that scales with an image of ``size``: ``max(1, round(min(w, h) / 200))``."""
+    return max(1, round(min(size) / 200))
 
 
 def entity_label(entities: Sequence[Entity], index: int) -> str:
@@ -195,23 +209,23 @@ def _clip_box(box: PixelBox, size: tuple[int, int]) -> PixelBox:
 class BoxAnnotator:
     """Draws every box of every entity as an outline in the entity's colour.
 
-    ``thickness=None`` scales with the image: ``max(1, round(min(w, h) / 200))``.
-    Lines grow inwards from the box edge, so a box never paints outside itself.
+    ``thickness=None`` scales with the image (:func:`line_thickness`). Lines
+    grow inwards from the box edge, so a box never paints outside itself.
     """
 
-    def __init__(self, thickness: int | None = None):
+    def __init__(self, thickness: int | None = None, palette: Sequence[str] = PALETTE):
         if thickness is not None and thickness < 1:
             raise ValueError(f"thickness must be >= 1, got {thickness}")
         self.thickness = thickness
+        self.palette = _check_palette(palette)
 
     def annotate(self, image: Image.Image, entities: Sequence[Entity]) -> Image.Image:
         out = _to_rgb(image)
-        width, height = out.size
-        thickness = self.thickness or max(1, round(min(width, height) / 200))
+        thickness = self.thickness or line_thickness(out.size)
         draw = ImageDraw.Draw(out)
         for index, entity in enumerate(entities):
             for box in entity.boxes:
-                draw.rectangle(_clip_box(box, out.size), outline=entity_color(index), width=thickness)
+                draw.rectangle(_clip_box(box, out.size), outline=entity_color(index, self.palette), width=thickness)
         return out
 
 
@@ -254,13 +268,14 @@ class LabelAnnotator:
     image's width.
     """
 
-    def __init__(self, font_size: int | None = None, padding: int | None = None):
+    def __init__(self, font_size: int | None = None, padding: int | None = None, palette: Sequence[str] = PALETTE):
         if font_size is not None and font_size < 1:
             raise ValueError(f"font_size must be >= 1, got {font_size}")
         if padding is not None and padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
         self.font_size = font_size
         self.padding = padding
+        self.palette = _check_palette(palette)
 
     def _font_and_padding(self, image_size: tuple[int, int]):
         size = self.font_size or min(128, max(8, round(min(image_size) / 30)))
@@ -274,7 +289,7 @@ class LabelAnnotator:
             text = _fit_text(text, font, image_size[0] - 2 * padding)
             box = _text_box(text, font)
             size = (box.width + 2 * padding, box.height + 2 * padding)
-            fill = entity_color(index)
+            fill = entity_color(index, self.palette)
             for pixel_box in entity.boxes:
                 rect = _label_rect(pixel_box, size, image_size)
                 labels.append(_Label(rect, text, fill, _text_color(fill)))
@@ -296,6 +311,41 @@ class LabelAnnotator:
 def annotate_entities(image: Image.Image, entities: Sequence[Entity]) -> Image.Image:
     """Boxes, then labels on top, in the default styles."""
     return LabelAnnotator().annotate(BoxAnnotator().annotate(image, entities), entities)
+
+
+class RegionAnnotator:
+    """Draws a box the user is marking: the rest of the image dimmed, the box outlined; a lone corner as a cross.
+
+    The outline has the colour the prompt's own entity gets in the results
+    (it is always the first entity: ``palette[0]``) and :class:`BoxAnnotator`'s
+    thickness. Coordinates are pixels of the image given to :meth:`annotate`.
+    """
+
+    def __init__(self, dim: float = 0.43, palette: Sequence[str] = PALETTE):
+        if not 0.0 <= dim <= 1.0:
+            raise ValueError(f"dim must lie in [0, 1], got {dim}")
+        self.dim = dim
+        self.palette = _check_palette(palette)
+
+    def annotate(self, image: Image.Image, box: Sequence[float] | None = None,
+                 corner: Sequence[float] | None = None) -> Image.Image:
+        out = _to_rgb(image)
+        color = entity_color(0, self.palette)
+        width = line_thickness(out.size)
+        if box is not None:
+            x1, y1, x2, y2 = _clip_box(tuple(round(v) for v in box), out.size)
+            shade = Image.new("L", out.size, round(255 * self.dim))
+            ImageDraw.Draw(shade).rectangle((x1, y1, x2, y2), fill=0)
+            out = Image.composite(Image.new("RGB", out.size, "black"), out, shade)
+            ImageDraw.Draw(out).rectangle((x1, y1, x2, y2), outline=color, width=width)
+        if corner is not None:
+            x, y = corner
+            reach = max(6, width * 4)
+            draw = ImageDraw.Draw(out)
+            for fill, line in (("white", width + 2), (color, width)):
+                draw.line((x - reach, y, x + reach, y), fill=fill, width=line)
+                draw.line((x, y - reach, x, y + reach), fill=fill, width=line)
+        return out
 
 
 # --------------------------------------------------------------------------- heatmaps

@@ -8,6 +8,13 @@ from typing import Any, Mapping, NamedTuple
 
 STRATEGIES = ("greedy", "beam", "sample")
 
+STRATEGY_FIELDS: dict[str, tuple[str, ...]] = {
+    "greedy": (),
+    "beam": ("num_beams", "length_penalty"),
+    "sample": ("temperature", "top_p", "top_k"),
+}
+"""The settings only one strategy uses; the other strategies ignore them (and UIs hide them)."""
+
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
 """Weight quantization choices (``Kosmos2Engine.load(quantize=...)``, ``--quantize``); bitsandbytes for 8/4 bits."""
@@ -110,11 +117,17 @@ class DecodingSettings:
             "num_beams": 1,
             "do_sample": False,
         }
+        kwargs.update({name: getattr(self, name) for name in STRATEGY_FIELDS[self.strategy]})
         if self.strategy == "beam":
-            kwargs.update(num_beams=self.num_beams, length_penalty=self.length_penalty, early_stopping=True)
+            kwargs["early_stopping"] = True
         elif self.strategy == "sample":
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+            kwargs["do_sample"] = True
         return kwargs
+
+    @property
+    def streams(self) -> bool:
+        """Whether tokens can be shown as they are generated: beam search keeps several candidates to the end."""
+        return self.strategy != "beam"
 
 
 def _coerce(name: str, value: Any, kind: type) -> int | float:

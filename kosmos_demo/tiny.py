@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-TINY_MARKER = "kosmos_demo_tiny_random"
-"""Key written into the tiny checkpoint's config so the app can show a banner."""
+from .checkpoints import TINY_MARKER
 
 VOCABULARY = Path(__file__).with_name("tiny_vocab.json")
 """The unigram pieces and scores of the tiny and toy tokenizers, trained once and kept.

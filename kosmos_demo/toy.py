@@ -33,10 +33,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .checkpoints import TOY_MARKER
 from .grounding import GRID, box_to_patch_indices, location_tokens
 
-TOY_MARKER = "kosmos_demo_toy"
-"""Key written into the toy checkpoint's config (True) so the app can show a "toy trained on shapes" banner."""
 
 SHAPES = ("square", "circle", "triangle")
 COLORS = {

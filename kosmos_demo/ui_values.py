@@ -10,22 +10,23 @@ never trusted to have done it.
 
 from __future__ import annotations
 
-import hashlib
 import html
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from .render import HeatmapAnnotator, annotate_entities, entity_color, entity_label, heatmap_grid, visible_token
-from .results import Result, Token
+from .export import safe_stem, token_label
+from .render import HeatmapAnnotator, entity_color, entity_label
+from .results import Result
 from .settings import DecodingSettings
-from .tasks import PromptError, Request, build_prompt, parse_box, validate_box
+from .tasks import PromptError, Request, Task, build_prompt, parse_box, validate_box
 
 DISPLAY_MAX_SIDE = 1024
 """Longest side of every image the browser is sent; downloads keep full resolution."""
+
+DISPLAY_MIN_SIDE = 512
+"""Smaller images are shown enlarged to this longest side, so two clicks can mark a corner on them."""
 
 Segments = list[tuple[str, Any]]
 """A ``gr.HighlightedText`` value: (text, label or score or None) pairs."""
@@ -75,13 +76,31 @@ def prompt_preview(task: str, text: str | None, box: str | None, grounding: bool
 # --------------------------------------------------------------------------- images
 
 
-def display_image(image: Image.Image, max_side: int = DISPLAY_MAX_SIDE) -> Image.Image:
-    """``image`` scaled down (never up) so its longest side is at most ``max_side``."""
-    scale = max_side / max(image.size)
-    if scale >= 1:
+def display_size(size: tuple[int, int], max_side: int = DISPLAY_MAX_SIDE,
+                 min_side: int = DISPLAY_MIN_SIDE) -> tuple[int, int]:
+    """The size an image of ``size`` is shown at: its longest side brought within [``min_side``, ``max_side``].
+
+    >>> display_size((3000, 1500)), display_size((800, 600)), display_size((320, 240))
+    ((1024, 512), (800, 600), (512, 384))
+    """
+    longest = max(size)
+    scale = max_side / longest if longest > max_side else min_side / longest if longest < min_side else 1.0
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def display_image(image: Image.Image) -> Image.Image:
+    """``image`` at :func:`display_size`, a new image either way (enlarged without blurring its pixels)."""
+    size = display_size(image.size)
+    if size == image.size:
         return image.copy()
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if size[0] > image.width:
+        return image.resize(size, Image.Resampling.NEAREST)
     return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def safe_name(path: str) -> str:
+    """A short file-name stem for a file the app writes about ``path``."""
+    return safe_stem(Path(path).name, 40)
 
 
 def scale_box(box: Sequence[float], from_size: tuple[int, int], to_size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -94,41 +113,19 @@ def scale_box(box: Sequence[float], from_size: tuple[int, int], to_size: tuple[i
     return x1, y1, x2, y2
 
 
-def region_preview(image: Image.Image, box: Sequence[float] | None = None,
-                   corner: Sequence[float] | None = None) -> Image.Image:
-    """The user's region drawn on ``image`` (already display-sized), in coordinates of ``image``.
+def region_marks(task: str, box: str | None, corner, size: tuple[int, int]):
+    """(box, corner) to draw while a region is marked, in original pixels; (None, None) when there is none.
 
-    The box gets the colour the prompt's own entity will get in the results
-    (it is always the first entity), the rest of the photo is dimmed; a lone
-    first corner is a cross-hair.
+    Only the region tasks draw; a box that does not parse or misses the image is not drawn.
     """
-    out = image.convert("RGB")
-    color = entity_color(0)
-    width = max(2, round(min(out.size) / 150))
-    if box is not None:
-        x1, y1, x2, y2 = scale_box(box, out.size, out.size)
-        shade = Image.new("L", out.size, 110)
-        ImageDraw.Draw(shade).rectangle((x1, y1, x2 - 1, y2 - 1), fill=0)
-        out = Image.composite(Image.new("RGB", out.size, "black"), out, shade)
-        ImageDraw.Draw(out).rectangle((x1, y1, x2 - 1, y2 - 1), outline=color, width=width)
-    if corner is not None:
-        x, y = corner
-        r = max(6, width * 4)
-        draw = ImageDraw.Draw(out)
-        draw.line((x - r, y, x + r, y), fill="white", width=width + 2)
-        draw.line((x, y - r, x, y + r), fill="white", width=width + 2)
-        draw.line((x - r, y, x + r, y), fill=color, width=width)
-        draw.line((x, y - r, x, y + r), fill=color, width=width)
-    return out
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-1 of a file's bytes (to tell the user's upload from the previews drawn over it)."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    try:
+        if not Task(task).needs_box:
+            return None, None
+        parsed = parse_box_text(box)
+        clean = validate_box(parsed, size) if parsed is not None else None
+    except (PromptError, ValueError):
+        clean = None
+    return clean, (tuple(corner) if corner is not None else None)
 
 
 # --------------------------------------------------------------------------- results -> components
@@ -182,32 +179,42 @@ def entity_index(result: Result, label: Any) -> int | None:
         return None
 
 
-def token_display(token: Token) -> str:
-    """A token as it reads in the clickable strip: location tokens short, whitespace visible."""
-    text = token.text
-    if token.kind == "location":
-        digits = "".join(ch for ch in text if ch.isdigit())
-        return f"\u2039loc {int(digits)}\u203a" if digits else text
-    return visible_token(text, word_spaces=True)
+def _share_range(result: Result) -> tuple[float, float] | None:
+    """(lowest, highest) image share of the run's generated tokens, or None without heatmaps."""
+    if result.heatmaps is None or not len(result.heatmaps):
+        return None
+    shares = result.heatmaps.image_share
+    return float(shares.min()), float(shares.max())
 
 
 def token_segments(result: Result) -> Segments:
     """Every token after ``</image>`` as its own segment, in order.
 
-    Generated tokens with a heatmap carry their share of attention on the image
-    (scaled by the run's largest share, so the strongest is 1.0) and are
-    clickable; prompt tokens carry None. Segment ``i`` is ``result.tokens[i]``.
+    Generated tokens with a heatmap carry a shade for their share of
+    attention on the image, spread over this caption's own range (its lowest
+    share 0.15, its highest 1.0), so differences show; they are clickable.
+    Prompt tokens carry None. Segment ``i`` is ``result.tokens[i]``.
     """
-    shares = result.heatmaps.image_share if result.heatmaps is not None else np.zeros(0)
-    top = float(shares.max()) if len(shares) else 0.0
+    span = _share_range(result)
     segments: Segments = []
     for token in result.tokens:
         score = None
-        if token.heatmap_index is not None:
-            share = float(shares[token.heatmap_index])
-            score = round(share / top, 3) if top > 0 else 0.0
-        segments.append((token_display(token), score))
+        if token.heatmap_index is not None and span is not None:
+            low, high = span
+            share = float(result.heatmaps.image_share[token.heatmap_index])
+            score = round(0.15 + 0.85 * ((share - low) / (high - low) if high > low else 1.0), 3)
+        segments.append((token_label(token), score))
     return segments
+
+
+def token_strip_label(result: Result) -> str:
+    """The token strip's label, saying what its shading means for this run."""
+    span = _share_range(result)
+    if span is None:
+        return "Tokens (heatmaps were off for this run)"
+    low, high = span
+    return (f"Tokens: click a generated token. Shade = its share of attention on the image, "
+            f"from {low:.0%} (lightest) to {high:.0%} (darkest) in this caption")
 
 
 def default_token(result: Result) -> int | None:
@@ -228,23 +235,9 @@ def token_heatmap(image: Image.Image, result: Result, index: int,
     k = token.heatmap_index
     overlay = (annotator or HeatmapAnnotator()).annotate(image, result.heatmaps.maps[k])
     share = float(result.heatmaps.image_share[k])
-    info = (f"Token {k + 1} of {len(result.heatmaps)} generated: <code>{html.escape(token_display(token))}</code> "
+    info = (f"Token {k + 1} of {len(result.heatmaps)} generated: <code>{html.escape(token_label(token))}</code> "
             f"&middot; {share:.0%} of its attention went to the image.")
     return overlay, info
-
-
-def heatmap_overview(image: Image.Image, result: Result) -> Image.Image | None:
-    """All token heatmaps in one grid (render.heatmap_grid), or None without heatmaps."""
-    if result.heatmaps is None or not len(result.heatmaps):
-        return None
-    tokens = sorted((t for t in result.tokens if t.heatmap_index is not None), key=lambda t: t.heatmap_index)
-    return heatmap_grid(image, result.heatmaps.maps, [token_display(t) for t in tokens],
-                        result.heatmaps.image_share, columns=8, cell=128)
-
-
-def entities_json(result: Result, image_name: str) -> dict:
-    """The CLI's JSON Lines record for one image: its name, then Result.to_json()."""
-    return {"image": image_name, **result.to_json()}
 
 
 def status_line(result: Result) -> str:
@@ -265,30 +258,6 @@ def timings_markdown(result: Result) -> str:
     return "| stage | time |\n|---|---|\n" + rows
 
 
-def write_downloads(folder: Path, image: Image.Image, result: Result, image_name: str) -> list[str]:
-    """Full-resolution annotated PNG, entities JSON and (with heatmaps) grid PNG + raw maps (.npz)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = _safe_stem(image_name)
-    paths = [folder / f"{stem}.annotated.png", folder / f"{stem}.entities.json"]
-    annotate_entities(image, result.entities).save(paths[0])
-    paths[1].write_text(json.dumps(entities_json(result, image_name), ensure_ascii=False, indent=2), encoding="utf-8")
-    if result.heatmaps is not None and len(result.heatmaps):
-        grid = heatmap_overview(image, result)
-        paths.append(folder / f"{stem}.heatmaps.png")
-        grid.save(paths[-1])
-        tokens = sorted((t for t in result.tokens if t.heatmap_index is not None), key=lambda t: t.heatmap_index)
-        paths.append(folder / f"{stem}.heatmaps.npz")
-        np.savez_compressed(paths[-1], maps=result.heatmaps.maps, image_share=result.heatmaps.image_share,
-                            tokens=np.array([t.text for t in tokens]))
-    return [str(p) for p in paths]
-
-
-def _safe_stem(name: str) -> str:
-    stem = Path(name).stem or "image"
-    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:80].strip("._")
-    return cleaned or "image"
-
-
 def clamp_point(x: float, y: float, size: tuple[int, int]) -> tuple[float, float]:
     """A click position kept inside an image of ``size``."""
     return min(max(float(x), 0.0), float(size[0])), min(max(float(y), 0.0), float(size[1]))
@@ -301,32 +270,3 @@ def box_from_corners(a: Sequence[float], b: Sequence[float],
         return validate_box((a[0], a[1], b[0], b[1]), size)
     except PromptError:
         return None
-
-
-__all__ = [
-    "DISPLAY_MAX_SIDE",
-    "annotated_value",
-    "box_from_corners",
-    "build_request",
-    "caption_segments",
-    "clamp_point",
-    "color_map",
-    "default_token",
-    "display_image",
-    "entities_json",
-    "entity_index",
-    "file_digest",
-    "format_box",
-    "heatmap_overview",
-    "labels",
-    "parse_box_text",
-    "prompt_preview",
-    "region_preview",
-    "scale_box",
-    "status_line",
-    "timings_markdown",
-    "token_display",
-    "token_heatmap",
-    "token_segments",
-    "write_downloads",
-]

@@ -5,6 +5,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from dataclasses import dataclass  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -55,47 +57,58 @@ def sharpen_attention(model, projection: float = 50.0, query_key: float = 10.0, 
 @pytest.fixture(scope="session")
 def app_engine(app_checkpoint):
     """The app's own engine instance (not the process-wide cache other tests share)."""
+    from kosmos_demo.checkpoints import kind_of
+    from kosmos_demo.cpu_linear import pack_linears, wanted
     from kosmos_demo.engine import Kosmos2Engine
 
-    from kosmos_demo.cpu_linear import pack_linears, wanted
-
     engine = Kosmos2Engine.load(str(app_checkpoint), device="cpu", pack=False)  # sharpened first, then packed
-    if engine.is_random_preview:
+    if kind_of(engine.model.config).is_random:
         sharpen_attention(engine.model)
     if wanted(engine.device, engine.dtype):
         pack_linears(engine.model)  # as load does on CPU
     return engine
 
 
+@dataclass(frozen=True)
+class Served:
+    """A running app: its Blocks, its address and the handlers behind it."""
+
+    demo: object
+    url: str
+    app: object
+
+
 def _serve(engine):
-    """The full app over ``engine`` on a free loopback port: yields (demo, url), then closes it."""
+    """The full app over ``engine`` on a free loopback port: yields a :class:`Served`, then closes it."""
     import socket
 
-    from kosmos_demo.ui import build_demo, launch_options
+    from kosmos_demo.ui import KosmosApp, build_demo, launch_options
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    demo = build_demo(engine, concurrency=1, max_queue=16)
+    app = KosmosApp(engine)
+    demo = build_demo(engine, concurrency=1, max_queue=16, app=app)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **launch_options())
     try:
-        yield demo, f"http://127.0.0.1:{port}/"
+        yield Served(demo, f"http://127.0.0.1:{port}/", app)
     finally:
         demo.close()
 
 
 @pytest.fixture(scope="session")
 def app_server(app_engine):
-    """The full app on the tiny checkpoint: yields (demo, url); closed at the end of the session."""
+    """The full app on the tiny checkpoint; closed at the end of the session."""
     yield from _serve(app_engine)
 
 
 @pytest.fixture(scope="module")
 def toy_server():
     """The full app on the committed shapes toy (skipped if it is missing)."""
-    from kosmos_demo.engine import MODEL_SHORTCUTS, Kosmos2Engine
+    from kosmos_demo.checkpoints import SHORTCUTS
+    from kosmos_demo.engine import Kosmos2Engine
 
-    if not (MODEL_SHORTCUTS["toy"] / "config.json").is_file():
-        pytest.skip("assets/toy-model is missing: train it with python -m kosmos_demo train-toy")
+    if not (SHORTCUTS["toy"] / "config.json").is_file():
+        pytest.skip("kosmos_demo/assets/toy-model is missing: train it with python -m kosmos_demo train-toy")
     yield from _serve(Kosmos2Engine.load("toy", device="cpu"))

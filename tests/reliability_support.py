@@ -80,11 +80,16 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def decompression_bomb() -> bytes:
-    """A 120-byte PNG whose header claims 100000 x 100000 pixels."""
-    header = struct.pack(">IIBBBBB", 100_000, 100_000, 1, 0, 0, 0, 0)
+def decompression_bomb(side: int = 100_000) -> bytes:
+    """A 120-byte PNG whose header claims ``side`` x ``side`` pixels."""
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
             + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + _png_chunk(b"IEND", b""))
+
+
+def heic() -> bytes:
+    """The start of an iPhone HEIC file: an ISO-BMFF ``ftyp`` box with the ``heic`` brand."""
+    return b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 200
 
 
 def one_pixel() -> bytes:
@@ -275,14 +280,38 @@ class Browser:
                     if message.get("msg") == "close_stream":
                         return
 
-    def run_page(self, image: bytes, name: str = "image.png", *, task: str = "brief", text: str = "", box: str = "",
-                 grounding: bool = True, heatmaps: bool = False, **decoding) -> list:
-        """The data list of the Run button's event, as the page sends it (decoding in DecodingSettings order)."""
+    def give_image(self, image: bytes, name: str = "image.png") -> dict:
+        """Upload ``image`` and run the image's upload event, as the page does; -> its process_completed message.
+
+        The session's state then holds the image that Run describes.
+        """
+        self.join(self.fn_index("input-image", "upload"), [self.upload(name, image)])
+        messages = self.messages()
+        try:
+            return final_message(messages)
+        finally:
+            messages.close()
+
+    def run_page(self, image: bytes | None, name: str = "image.png", *, task: str = "brief", text: str = "",
+                 box: str = "", grounding: bool = True, heatmaps: bool = False, **decoding) -> list:
+        """Give the image (if any), then the data list of the Run button's event, as the page sends it.
+
+        Run reads the image from the session's state (None stands for a state value); decoding
+        settings follow DecodingSettings' field order.
+        """
         from kosmos_demo.settings import DecodingSettings
 
+        if image is not None:
+            self.give_image(image, name)
         defaults = DecodingSettings().to_dict()
         values = [decoding.get(name, default) for name, default in defaults.items()]
-        return [self.upload(name, image), None, task, text, box, grounding, heatmaps, *values]
+        return [None, task, text, box, grounding, heatmaps, *values]
+
+
+def run_status(final: dict) -> str:
+    """The status line a run ended with (Run's first output), from its process_completed message."""
+    assert final.get("success"), final
+    return final["output"]["data"][0]
 
 
 def final_message(messages) -> dict:

@@ -18,13 +18,14 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kosmos_demo import ui_values as uv  # noqa: E402
+from kosmos_demo.export import overview, token_label  # noqa: E402
 from kosmos_demo.render import entity_color, entity_label  # noqa: E402
 from kosmos_demo.results import Entity, Heatmaps, Result, Token  # noqa: E402
 from kosmos_demo.settings import SettingsError  # noqa: E402
 from kosmos_demo.tasks import PromptError, Task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-ROCKET = ROOT / "assets" / "examples" / "rocket.jpg"  # 640x427
+ROCKET = ROOT / "kosmos_demo" / "assets" / "examples" / "rocket.jpg"  # 640x427
 ROCKET_BOX = "295,125,345,405"
 SHORT = {"max_new_tokens": 6}
 
@@ -91,14 +92,16 @@ def test_annotated_value_scales_boxes_and_isolates(fake_result):
 def test_display_image_downscales_only():
     big, small = Image.new("RGB", (3000, 1500)), Image.new("RGB", (300, 200))
     assert uv.display_image(big).size == (1024, 512)
-    assert uv.display_image(small).size == (300, 200)
+    assert uv.display_image(small).size == (512, 341)  # enlarged, so two clicks can mark a box on it
     assert uv.scale_box((0, 0, 3000, 1500), (3000, 1500), (1024, 512)) == (0, 0, 1024, 512)
 
 
 def test_token_segments_one_clickable_segment_per_generated_token(fake_result):
     segments = uv.token_segments(fake_result)
     assert len(segments) == len(fake_result.tokens)  # segment i is token i: a click's index needs no mapping
-    assert [score for _, score in segments] == [None, None, 0.5, 1.0, 0.25]  # share / largest share
+    # shaded over this caption's own range: its lowest share 0.15, its highest 1.0
+    assert [score for _, score in segments] == [None, None, 0.433, 1.0, 0.15]
+    assert uv.token_strip_label(fake_result).endswith("from 10% (lightest) to 40% (darkest) in this caption")
     assert segments[3][0] == "\u2039loc 44\u203a"
     assert uv.default_token(fake_result) == 2  # the first generated word
     overlay, info = uv.token_heatmap(Image.new("RGB", (200, 100), "white"), fake_result, 3)
@@ -106,15 +109,15 @@ def test_token_segments_one_clickable_segment_per_generated_token(fake_result):
     assert uv.token_heatmap(Image.new("RGB", (200, 100)), fake_result, 1) is None  # a prompt token
     a, _ = uv.token_heatmap(Image.new("RGB", (200, 100), "white"), fake_result, 2)
     assert a.tobytes() != overlay.tobytes()
-    assert uv.heatmap_overview(Image.new("RGB", (200, 100)), fake_result).width > 200
+    assert overview(Image.new("RGB", (200, 100)), fake_result).width > 200
 
 
 def test_tokens_of_whitespace_alone_stay_visible():
     """A generated space would otherwise be an empty chip in the strip and an empty <code> in the heatmap line."""
-    assert uv.token_display(Token(" ", "text", (0, 1), True, 0)) == "\u00b7"
-    assert uv.token_display(Token("\n", "text", (0, 1), True, 0)) == "\u21b5"
-    assert uv.token_display(Token("", "text", None, True, 0)) == "\u2205"
-    assert uv.token_display(Token(" the", "text", (0, 4), True, 0)) == " the"  # a word reads as a word
+    assert token_label(Token(" ", "text", (0, 1), True, 0)) == "\u00b7"
+    assert token_label(Token("\n", "text", (0, 1), True, 0)) == "\u21b5"
+    assert token_label(Token("", "text", None, True, 0)) == "\u2205"
+    assert token_label(Token(" the", "text", (0, 4), True, 0)) == " the"  # a word reads as a word
 
 
 def test_token_text_is_escaped_in_markdown():
@@ -152,26 +155,14 @@ def test_prompt_preview_is_live_and_explains_problems():
     assert uv.prompt_preview("custom", "Hi", "", False, None) == "Hi"
 
 
-def test_region_preview_draws_the_box_in_the_first_entity_colour():
-    image = Image.new("RGB", (100, 80), "white")
-    drawn = uv.region_preview(image, (20, 20, 60, 50))
-    assert drawn.getpixel((20, 35)) == tuple(int(entity_color(0)[i:i + 2], 16) for i in (1, 3, 5))
-    assert drawn.getpixel((40, 35)) == (255, 255, 255)  # inside stays bright
-    assert drawn.getpixel((5, 5)) != (255, 255, 255)  # outside is dimmed
-    assert uv.region_preview(image, corner=(50, 40)).getpixel((50, 40)) != (255, 255, 255)
+def test_region_marks_only_for_region_tasks_and_boxes_on_the_image():
+    assert uv.region_marks("region", "20,20,60,50", None, (100, 80)) == ((20.0, 20.0, 60.0, 50.0), None)
+    assert uv.region_marks("brief", "20,20,60,50", (1, 2), (100, 80)) == (None, None)
+    assert uv.region_marks("region", "900,900,999,999", (5, 6), (100, 80)) == (None, (5, 6))  # misses the image
+    assert uv.region_marks("region", "1,2,3", None, (100, 80)) == (None, None)
+    assert uv.region_marks("nope", "", None, (100, 80)) == (None, None)
     assert uv.box_from_corners((60, 50), (20, 20), (100, 80)) == (20.0, 20.0, 60.0, 50.0)
     assert uv.box_from_corners((20, 20), (20, 70), (100, 80)) is None  # no area
-
-
-def test_write_downloads(tmp_path, fake_result):
-    paths = uv.write_downloads(tmp_path, Image.new("RGB", (200, 100)), fake_result, "my photo.jpg")
-    names = [Path(p).name for p in paths]
-    assert names == ["my_photo.annotated.png", "my_photo.entities.json", "my_photo.heatmaps.png",
-                     "my_photo.heatmaps.npz"]
-    assert Image.open(paths[0]).size == (200, 100)  # full resolution
-    record = json.loads(Path(paths[1]).read_text())
-    assert record["image"] == "my photo.jpg" and record["entities"][1]["boxes"] == [[100, 20, 150, 90]]
-    assert np.load(paths[3])["maps"].shape == (3, 16, 16)
 
 
 def test_api_signature_covers_every_decoding_setting():
@@ -187,49 +178,75 @@ def test_api_signature_covers_every_decoding_setting():
 
 @pytest.fixture(scope="module")
 def handlers(app_engine):
-    from kosmos_demo.ui import build_demo
+    from kosmos_demo.ui import KosmosApp
 
-    demo = build_demo(app_engine)
-    return demo.kosmos_app
-
-
-def _run(app, session, task="region", text="", box=ROCKET_BOX, max_new_tokens=8):
-    """The Run handler as the page calls it: decoding widgets in DECODING_FIELDS order."""
-    from kosmos_demo.ui import DECODING_FIELDS
-
-    decoding = [max_new_tokens if name == "max_new_tokens" else None for name in DECODING_FIELDS]
-    return app.run(session, str(ROCKET), None, task, text, box, True, True, *decoding)
+    return KosmosApp(app_engine)
 
 
-def test_run_streams_the_caption_then_everything(handlers):
-    updates = list(_run(handlers, SimpleNamespace(session_hash="s1")))
-    c = handlers.c
-    assert updates[0][c["status"]].startswith("Starting")
-    partial = [u for u in updates[1:-1] if c["caption"] in u]
-    assert partial and all(u[c["caption"]][0][1] is None for u in partial)  # plain text while streaming
+@pytest.fixture(scope="module")
+def rocket(handlers):
+    return handlers.receive(str(ROCKET))[1]
+
+
+def _run(app, session, source, task="region", text="", box=ROCKET_BOX, max_new_tokens=8, **settings):
+    """The Run handler as the page calls it (decoding widgets in DECODING_FIELDS order) -> RunOutputs per update."""
+    from kosmos_demo.ui import DECODING_FIELDS, RunOutputs
+
+    values = {"max_new_tokens": max_new_tokens, **settings}
+    decoding = [values.get(name) for name in DECODING_FIELDS]
+    return (RunOutputs(*update) for update in app.run(session, source, task, text, box, True, True, *decoding))
+
+
+def test_an_upload_is_checked_once_and_shown_at_display_size(handlers, rocket, tmp_path):
+    assert rocket.size == (640, 427) and rocket.name == "rocket.jpg" and rocket.path == str(ROCKET)
+    assert Image.open(rocket.display).size == (640, 427) and rocket.scale == 1.0
+    big = tmp_path / "big.png"
+    Image.new("RGB", (2048, 1024), "white").save(big)
+    shown, source, note, corner, status = handlers.receive(str(big))
+    assert Image.open(shown).size == (1024, 512) and source.scale == 0.5 and note == "" and corner is None
+    assert status == "Image ready (2048\u00d71024): press **Run**."
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image at all, just words " * 10)
+    shown, source, note, _, status = handlers.receive(str(bad))
+    assert shown is None and source is None and "This is not an image Pillow can read" in note
+
+
+def test_run_streams_the_caption_then_everything(handlers, rocket):
+    updates = list(_run(handlers, SimpleNamespace(session_hash="s1"), rocket))
+    assert updates[0].status.startswith("Generating")
+    partial = [u for u in updates[1:-1] if u.caption is not None and not isinstance(u.caption, dict)]
+    assert partial and all(u.caption[0][1] is None for u in partial)  # plain text while streaming
     final = updates[-1]
-    shown = final[c["shown"]]
-    assert shown.result.entities[0].boxes == ((295, 125, 345, 405),)
-    assert final[c["status"]].startswith("**Done**")
-    assert len(final[c["downloads"]]) == 4
-    assert final[c["tokens"]] == uv.token_segments(shown.result)
+    assert final.shown.result.entities[0].boxes == ((295, 125, 345, 405),)
+    assert final.status.startswith("**Done**")
+    assert len(final.downloads) == 4
+    assert final.tokens.label.startswith("Tokens: click a generated token. Shade = ")
 
 
-def test_stop_and_close_really_stop_generation(handlers, app_engine):
+def test_beam_search_runs_from_the_page_without_streaming(handlers, rocket):
+    updates = list(_run(handlers, SimpleNamespace(session_hash="s-beam"), rocket, strategy="beam", num_beams=3))
+    assert updates[0].status.startswith("**Beam search** with 3 beams: the caption appears when the search ends")
+    assert len(updates) == 2 and updates[-1].status.startswith("**Done**")
+    assert updates[-1].shown.result.heatmaps is not None  # heatmaps from the teacher-forced pass
+
+
+def test_stop_and_close_really_stop_generation(handlers, rocket, app_engine):
+    from kosmos_demo.ui import STOPPED
+
     session = SimpleNamespace(session_hash="s2")
-    run = _run(handlers, session, task="brief", box="", max_new_tokens=1000)
-    next(run)
-    next(run)  # generating now
-    said = []
-    stopper = threading.Thread(target=lambda: said.append(handlers.stop(session)))
-    stopper.start()
-    updates = list(run)
-    stopper.join(10)
-    assert said and said[0].startswith("**Stopped")  # returned only once the run had ended
-    assert updates[-1] == {handlers.c["status"]: handlers.stop.__globals__["STOPPED"]}
-    assert app_engine._lock.acquire(timeout=10), "generation kept running after Stop"
-    app_engine._lock.release()
-    run = _run(handlers, session, task="brief", box="", max_new_tokens=1000)
+    for settings in ({}, {"strategy": "beam", "num_beams": 3}):
+        run = _run(handlers, session, rocket, task="brief", box="", max_new_tokens=400, **settings)
+        next(run)
+        said = []
+        stopper = threading.Thread(target=lambda: (time.sleep(0.3), said.append(handlers.stop(session))))
+        stopper.start()
+        updates = list(run)
+        stopper.join(10)
+        assert said and said[0].startswith("**Stopped")  # returned only once the run had ended
+        assert updates[-1].status == STOPPED, settings
+        assert app_engine._lock.acquire(timeout=10), "generation kept running after Stop"
+        app_engine._lock.release()
+    run = _run(handlers, session, rocket, task="brief", box="", max_new_tokens=400)
     next(run)
     next(run)
     run.close()  # what Gradio does when the Stop button cancels the event
@@ -237,28 +254,48 @@ def test_stop_and_close_really_stop_generation(handlers, app_engine):
     app_engine._lock.release()
 
 
-def test_run_refuses_bad_input_with_readable_errors(handlers):
+def test_run_refuses_bad_input_in_the_status_line_and_keeps_the_outputs(handlers, rocket, app_engine):
     import gradio as gr
 
-    with pytest.raises(gr.Error, match="needs a box"):
-        next(_run(handlers, SimpleNamespace(session_hash="s3"), box=""))
-    with pytest.raises(gr.Error, match="Upload an image"):
-        next(handlers.run(SimpleNamespace(session_hash="s3"), None, None, "brief", "", "", True, True,
-                          *[None] * 11))
+    session = SimpleNamespace(session_hash="s3")
+    for source, box, message in ((rocket, "", "needs a box"), (None, ROCKET_BOX, "Upload an image")):
+        updates = list(_run(handlers, session, source, box=box))
+        assert len(updates) == 1 and updates[0].status.startswith("\u26a0\ufe0f **Not run:**"), updates[0].status
+        assert message in updates[0].status
+        assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in updates[0].values()[1:]), \
+            "a refused run must leave the last run's outputs alone"
+    assert isinstance(gr.skip(), dict)
 
 
-def test_region_clicks_make_a_box_and_a_preview(handlers):
-    source = handlers.identify(str(ROCKET), None)
-    assert source.size == (640, 427)
+def test_max_new_tokens_follows_the_models_positions():
+    """The toy has 512 positions: 512 new tokens must fail, so the page's slider cannot offer them."""
+    from kosmos_demo.engine import Kosmos2Engine
+    from kosmos_demo.ui import KosmosApp, build_demo
+
+    engine = Kosmos2Engine.load("toy", device="cpu")
+    limit = engine.max_new_tokens_limit
+    assert limit == engine.max_positions - 73  # the brief prompt: <s> <image> 64 slots </image> + 6 tokens
+    demo = build_demo(engine)
+    slider = next(c for c in demo.blocks.values() if getattr(c, "elem_id", None) == "decoding-max_new_tokens")
+    assert slider.maximum == limit
+    app = KosmosApp(engine)
+    source = app.receive(str(ROCKET))[1]
+    updates = list(_run(app, SimpleNamespace(session_hash="toy"), source, task="brief", box="", max_new_tokens=512))
+    assert len(updates) == 1 and "exceeds the model's 512 positions" in updates[0].status
+    assert updates[0].status.startswith("\u26a0\ufe0f **Not run:**")
+
+
+def test_region_clicks_make_a_box_and_a_preview(handlers, rocket):
     first = SimpleNamespace(index=[100, 50])
-    shown, source, prompt, box, corner = handlers.click(str(ROCKET), source, "region", "", "", True, None, first)
-    assert corner == (100.0, 50.0) and box == "" and Path(shown).is_file()
+    shown, box, corner = handlers.click(rocket, "region", "", None, first)
+    assert corner == (100.0, 50.0) and box == "" and isinstance(shown, Image.Image)
     second = SimpleNamespace(index=[300, 200])
-    shown, source, prompt, box, corner = handlers.click(shown, source, "region", "", box, True, corner, second)
-    assert box == "100,50,300,200" and corner is None and "<patch_index_" in prompt
-    assert handlers.identify(shown, source).path == source.path  # the preview is not taken for a new upload
-    restored, source, prompt, _ = handlers.refresh(shown, source, "brief", "", box, True)
-    assert restored == source.path and prompt == "<grounding>An image of"
+    shown, box, corner = handlers.click(rocket, "region", box, corner, second)
+    assert box == "100,50,300,200" and corner is None and shown.size == (640, 427)
+    assert "<patch_index_" in handlers.prompt(rocket, "region", "", box, True)
+    assert handlers.view(rocket, "brief", box, None) == rocket.display  # other tasks show the image itself
+    shown, box, corner = handlers.clear_box(rocket, "region")
+    assert (shown, box, corner) == (rocket.display, "", None)
 
 
 # --------------------------------------------------------------------------- the live server
@@ -268,7 +305,7 @@ def test_region_clicks_make_a_box_and_a_preview(handlers):
 def client(app_server):
     from gradio_client import Client
 
-    _, url = app_server
+    url = app_server.url
     return Client(url, verbose=False, download_files=True)
 
 

@@ -183,7 +183,7 @@ def test_a_full_queue_is_a_clear_error_and_drains(app_server, app_engine, monkey
     refused get HTTP 503 with gradio's "Queue is full" sentence (gradio_client raises its
     QueueError "Queue is full! Please try again." for the same answer). The rest complete.
     """
-    _, url = app_server
+    url = app_server.url
     describe = app_engine.describe
 
     def slow(image, request, *args, **kwargs):

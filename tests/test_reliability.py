@@ -367,7 +367,7 @@ def app_surface(app_server, tmp_path_factory):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    _, url = app_server
+    url = app_server.url
     client = Client(url, verbose=False, download_files=False)
     folder = tmp_path_factory.mktemp("app-cases")
     good = folder / "good.png"

@@ -19,7 +19,7 @@ import pytest
 import reliability_support as rs
 
 ROOT = rs.ROOT
-ASSETS = ROOT / "assets"
+ASSETS = ROOT / "kosmos_demo" / "assets"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,7 +63,7 @@ def test_launch_options_allow_only_the_assets_and_no_share_link(app_server):
     assert options["allowed_paths"] == [str(ASSETS)] and UI_ASSETS == ASSETS
     assert options["share"] is False and options["max_file_size"] == MAX_FILE_SIZE == "20mb"
     assert not {"blocked_paths", "auth", "root_path", "ssl_verify"} & set(options)
-    demo, _ = app_server
+    demo = app_server.demo
     assert [str(Path(p).resolve()) for p in demo.allowed_paths] == [str(ASSETS)]
     assert "**launch_options()" in (ROOT / "app.py").read_text()
     links = [p for p in ASSETS.rglob("*") if p.is_symlink()]
@@ -115,14 +115,14 @@ ATTEMPTS = _attempts()
 
 @pytest.mark.parametrize("raw_path,secret", ATTEMPTS, ids=[a[0][:90] for a in ATTEMPTS])
 def test_files_outside_the_app_folders_cannot_be_fetched(app_server, raw_path, secret):
-    _, url = app_server
+    url = app_server.url
     status, _, body = _get(url, raw_path)
     assert status in (400, 403, 404), f"{raw_path} -> {status}"
     assert secret not in body, f"{raw_path} leaked the file"
 
 
 def test_the_file_route_does_serve_an_asset(app_server):
-    _, url = app_server
+    url = app_server.url
     rocket = ASSETS / "examples" / "rocket.jpg"
     status, headers, body = _get(url, f"/gradio_api/file={rocket}")
     assert status == 200 and body == rocket.read_bytes() and headers["content-type"] == "image/jpeg"
@@ -130,7 +130,7 @@ def test_the_file_route_does_serve_an_asset(app_server):
 
 def test_uploads_come_back_as_downloads_not_as_pages(app_server):
     """An uploaded SVG or HTML page must not run in the app's origin (stored XSS)."""
-    _, url = app_server
+    url = app_server.url
     page = rs.Browser(url)
     try:
         for name, data in (("x.svg", rs.svg()), ("x.html", rs.html_page())):
@@ -144,7 +144,7 @@ def test_uploads_come_back_as_downloads_not_as_pages(app_server):
 
 
 def test_cross_origin_pages_are_not_allowed_to_read_the_api(app_server):
-    _, url = app_server
+    url = app_server.url
     _, headers, _ = _get(url, "/config", {"Origin": "http://evil.example"})
     assert headers.get("access-control-allow-origin") not in ("*", "http://evil.example")
 
@@ -156,7 +156,7 @@ def test_an_upload_over_20_mb_is_refused_by_the_server(app_server):
     import gradio as gr
     import httpx
 
-    _, url = app_server
+    url = app_server.url
     upload = Path(gr.utils.get_upload_folder())
     before = set(upload.rglob("big.png"))
     body = b"\x89PNG\r\n\x1a\n" + b"\x00" * (21 * 2**20)
@@ -169,15 +169,15 @@ def test_an_upload_over_20_mb_is_refused_by_the_server(app_server):
 
 def test_prompt_length_is_enforced_on_the_server_for_the_page_too(app_server):
     """The text box's max_length is only the browser's; a hand-made request must still be refused."""
-    _, url = app_server
+    url = app_server.url
     page = rs.Browser(url)
     try:
         page.join(page.fn_index("run-button"), page.run_page(rs.good_png(), task="vqa", text="<b>x</b>" * 2500))
         final = rs.final_message(page.messages())
     finally:
         page.close()
-    message = final["output"]["error"]
-    assert final["success"] is False and "20000 characters long; the limit is 1000" in message
+    message = rs.run_status(final)
+    assert message.startswith("\u26a0\ufe0f **Not run:**") and "20000 characters long; the limit is 1000" in message
     assert "<b>" not in message
 
 
@@ -198,7 +198,7 @@ def _describe_body(image: dict, *, temperature: str = "null", task: str = "brief
 
 
 def test_raw_json_nan_and_infinity_are_refused_by_name(app_server):
-    _, url = app_server
+    url = app_server.url
     page = rs.Browser(url)
     try:
         image = page.upload("a.png", rs.good_png())
@@ -237,7 +237,7 @@ def canary():
 
 def test_the_server_does_not_fetch_loopback_urls_for_anyone(app_server, canary):
     """SSRF: the file and proxy routes and a FileData url must not make the server call 127.0.0.1."""
-    _, url = app_server
+    url = app_server.url
     target, hits = canary
     for raw_path in (f"/gradio_api/file={target}/secret.png", f"/gradio_api/proxy={target}/secret.png",
                      f"/gradio_api/file={quote(target + '/secret.png', safe='')}"):
@@ -251,7 +251,7 @@ def test_the_server_does_not_fetch_loopback_urls_for_anyone(app_server, canary):
 
 
 def test_api_file_data_pointing_at_server_files_is_refused(app_server):
-    _, url = app_server
+    url = app_server.url
     for path, secret in SECRETS.items():
         events = _call_describe(url, _describe_body({"path": path, "meta": {"_type": "gradio.FileData"}}))
         assert "event: error" in events and secret.decode() not in events
@@ -264,51 +264,45 @@ SCRIPT_PHRASE = ("<phrase><script>alert(1)</script><img src=x onerror=alert(2)><
                  "<patch_index_1023></object> is")
 
 
-def test_user_text_is_escaped_wherever_the_page_renders_html(app_server, tmp_path, monkeypatch):
-    """Markdown outputs, error pop-ups and warnings: the user's text comes back inert."""
-    import gradio as gr
-
+def test_user_text_is_escaped_wherever_the_page_renders_html(app_server, tmp_path):
+    """Markdown outputs, status lines and the upload note: the user's text comes back inert."""
     from kosmos_demo import ui
     from kosmos_demo.settings import DecodingSettings
     from kosmos_demo.tasks import PromptError
 
-    demo, _ = app_server
-    app = demo.kosmos_app
+    app = app_server.app
     image = tmp_path / "a.png"
     image.write_bytes(rs.good_png())
+    source = app.receive(str(image))[1]
     decoding = [4 if name == "max_new_tokens" else getattr(DecodingSettings(), name) for name in ui.DECODING_FIELDS]
     session = SimpleNamespace(session_hash="security")
-    updates = list(app.run(session, str(image), None, "custom", SCRIPT_PHRASE, "", True, True, *decoding))
-    final = updates[-1]
-    shown = final[app.c["shown"]]
+    final = ui.RunOutputs(*list(app.run(session, source, "custom", SCRIPT_PHRASE, "", True, True, *decoding))[-1])
+    shown = final.shown
     assert shown.result.entities[0].phrase == "<script>alert(1)</script><img src=x onerror=alert(2)>"
-    markdown = [app.c[k] for k in ("status", "heatmap_info", "timings", "isolation")]
     label = ui.uv.labels(shown.result)[0]
     _, _, note, _ = app.isolate(shown, None, label)
-    rendered = [str(final[m]) for m in markdown if m in final] + [note]
+    rendered = [str(value) for value in (final.status, final.heatmap_info, final.timings, final.isolation, note)]
     for text in rendered:
         assert "<script" not in text and "<img" not in text, text
     assert "&lt;script&gt;" in note
 
-    with pytest.raises(gr.Error) as raised:  # an error pop-up quoting the user's text
-        next(app.run(session, str(image), None, "vqa", "<img src=x onerror=alert(1)></image>", "", True, True,
-                     *decoding))
-    assert "<" not in raised.value.message and "&lt;/image&gt;" in raised.value.message
+    refused = ui.RunOutputs(*next(app.run(session, source, "vqa", "<img src=x onerror=alert(1)></image>", "",
+                                          True, True, *decoding)))  # a status line quoting the user's text
+    assert "<" not in refused.status and "&lt;/image&gt;" in refused.status
     assert "<" not in ui.user_error(PromptError("<b>bold</b>")).message
 
-    warned = []  # the toast for a bad upload names the file: a file name can carry markup too
-    monkeypatch.setattr(ui.gr, "Warning", lambda message, *a, **k: warned.append(message))
-    hostile = tmp_path / "<img src=x onerror=alert(1)>.png"
+    hostile = tmp_path / "<img src=x onerror=alert(1)>.png"  # the note on a bad upload names the file
     hostile.write_bytes(rs.text_file())
-    app.refresh(str(hostile), None, "brief", "", "", True)
-    assert warned and "<" not in warned[0] and "onerror" in warned[0]
+    shown_image, source, note, _, _ = app.receive(str(hostile))
+    assert shown_image is None and source is None
+    assert "<" not in note and "onerror" in note and "not an image" in note
 
 
 def test_an_uploaded_file_name_with_markup_comes_back_inert(app_server, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    _, url = app_server
+    url = app_server.url
     hostile = tmp_path / "<svg onload=alert(1)>.png"
     hostile.write_bytes(rs.text_file())
     client = Client(url, verbose=False, download_files=False)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from kosmos_demo import toy
+from kosmos_demo.checkpoints import TOY, kind_of
 
-SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "toy-model"
+SHIPPED = Path(__file__).resolve().parent.parent / "kosmos_demo" / "assets" / "toy-model"
 
 
 def _scene_bytes(scene):
@@ -211,7 +212,7 @@ def toy_scores(toy_engine):
 @needs_toy
 def test_shipped_toy_is_marked_and_small(toy_engine):
     assert getattr(toy_engine.model.config, toy.TOY_MARKER) is True
-    assert not toy_engine.is_random_preview
+    assert kind_of(toy_engine.model.config) is TOY
     size = sum(p.stat().st_size for p in SHIPPED.iterdir() if p.is_file())
     assert size <= 10 * 2**20
     assert (SHIPPED / "README.md").exists()

@@ -1,0 +1,187 @@
+"""What the app adds to Gradio's server: bounded scratch files and a guard in front of its routes.
+
+- :class:`Scratch` owns the files the app writes (display copies, downloads)
+  in its own folder inside Gradio's upload folder, and sweeps them by age,
+  together with the partial uploads Gradio 6 leaves behind (a form field
+  other than ``files``, or a client gone mid-upload, leaves a ``tmpXXXX``
+  file in the upload folder each time).
+- :class:`RouteGuard` is an ASGI middleware (``launch(app_kwargs=...)``):
+  it refuses the routes the app has no use for (``process_recording``: the
+  app has no recording input), answers a queue join for an event that does
+  not exist with 404 instead of Gradio's 500, and drops the queued jobs of a
+  session that joined but never opened its event stream within
+  ``stream_grace_s``, so work done for nobody does not hold the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs
+
+UNUSED_ROUTES = ("/process_recording",)
+"""Gradio routes the app refuses (404): it has no input that needs them."""
+
+
+def upload_folder() -> Path:
+    import gradio as gr
+
+    return Path(gr.utils.get_upload_folder())
+
+
+class Scratch:
+    """Folders for the files one request writes; those older than ``keep_s`` go, checked at most once a minute.
+
+    Stray partial uploads (``tmp*`` files directly in the upload folder) go
+    after ``stray_s`` without a change: no upload in progress is that idle.
+    """
+
+    sweep_every_s = 60.0
+
+    def __init__(self, keep_s: float = 1800.0, stray_s: float = 600.0, root: Path | None = None):
+        self.uploads = upload_folder()
+        self.root = root or self.uploads / "kosmos-demo"
+        self.keep_s, self.stray_s = keep_s, stray_s
+        self._lock = threading.Lock()
+        self._swept = 0.0
+
+    def new(self) -> Path:
+        self.sweep_if_due()
+        folder = self.root / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return folder
+
+    def sweep_if_due(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._swept < self.sweep_every_s:
+                return
+            self._swept = time.monotonic()
+        self.sweep()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove what is past its age now; returns how many files and folders went."""
+        now = time.time() if now is None else now
+        removed = 0
+        for folder in _children(self.root):
+            if _older(folder, now, self.keep_s):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        for stray in _children(self.uploads):
+            if stray.name.startswith("tmp") and stray.is_file() and _older(stray, now, self.stray_s):
+                stray.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
+def _older(path: Path, now: float, age_s: float) -> bool:
+    try:
+        return now - path.stat().st_mtime > age_s
+    except OSError:
+        return False
+
+
+class RouteGuard:
+    """ASGI middleware in front of Gradio's routes (see the module docstring)."""
+
+    max_join_body = 2**20
+    """Largest queue-join body read to check its event; bigger ones are refused (413)."""
+
+    def __init__(self, app, stream_grace_s: float = 5.0):
+        self.app = app
+        self.stream_grace_s = stream_grace_s
+        self._joined: dict[str, float] = {}  # session -> when its first unstreamed join came
+        self._streams: dict[str, int] = {}  # session -> event streams open now
+        self._reaper: asyncio.Task | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"].rstrip("/")
+        if path.endswith(UNUSED_ROUTES):
+            return await _reply(send, 404, "This app has no use for that route.")
+        if path.endswith("/queue/join") and scope["method"] == "POST":
+            return await self._join(scope, receive, send)
+        if path.endswith("/queue/data") and scope["method"] == "GET":
+            return await self._stream(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    async def _join(self, scope, receive, send):
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_join_body:
+                return await _reply(send, 413, "The request is too large.")
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        if isinstance(request, dict) and "fn_index" in request:
+            fns = scope["app"].get_blocks().fns
+            index = request["fn_index"]
+            if isinstance(index, bool) or not isinstance(index, int) or index not in fns:
+                return await _reply(send, 404, "No such event (fn_index).")
+            session = request.get("session_hash")
+            if isinstance(session, str) and not self._streams.get(session):
+                self._joined.setdefault(session, time.monotonic())
+                self._start_reaper(scope["app"])
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _stream(self, scope, receive, send):
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        session = (query.get("session_hash") or [None])[0]
+        if session is None:
+            return await self.app(scope, receive, send)
+        self._streams[session] = self._streams.get(session, 0) + 1
+        self._joined.pop(session, None)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self._streams[session] -= 1
+            if not self._streams[session]:
+                del self._streams[session]
+
+    def _start_reaper(self, app) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap(app))
+
+    async def _reap(self, app) -> None:
+        """Every second while joins wait: drop the jobs of sessions whose stream did not open in time."""
+        while self._joined:
+            await asyncio.sleep(min(1.0, self.stream_grace_s))
+            now = time.monotonic()
+            for session, since in list(self._joined.items()):
+                if now - since >= self.stream_grace_s:
+                    del self._joined[session]
+                    await app.get_blocks()._queue.clean_events(session_hash=session)
+
+
+async def _reply(send, status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
