@@ -34,11 +34,14 @@ def targets(report: Report) -> dict[str, tuple[str, bool | None]]:
     b, c = _ratio(report, "b"), _ratio(report, "c")
     gain = report.batch.gain if report.batch else None
     added = report.app.paired_added if report.app else None
+    worst = max(report.page, key=lambda p: p.ratio) if report.page else None
     return {
         "b/a": (_fmt(b, "{:.3f}"), None if b is None else b <= 1.05),
         "c/a": (_fmt(c, "{:.3f}"), None if c is None else c <= 1.10),
         "batch gain": (_fmt(gain, "{:.2f}x"), None if gain is None else gain >= 2.5),
         "app added": (_fmt(added, "{:+.3f} s"), None if added is None else added <= 0.3),
+        "page/describe": (_fmt(worst and worst.ratio, "{:.3f}") + (f" (worst: {worst.tokens} tokens)" if worst else ""),
+                          None if worst is None else worst.ratio <= 1.10),
     }
 
 
@@ -57,6 +60,9 @@ def print_summary(report: Report) -> None:
         print(f"  {name}: {value}  (target {TARGETS[name]}: {verdict})")
     if report.app is not None and not report.app.available:
         print(f"  app: unavailable: {report.app.reason}")
+    for page in report.page:
+        print(f"  page {page.tokens} tokens: {page.page.seconds:.3f} s / /describe {page.describe.seconds:.3f} s "
+              f"= {page.ratio:.3f}")
     print(f"  peak RSS {report.peak_rss / GiB:.2f} GiB"
           + (f", GPU peak {report.gpu_peak / GiB:.2f} GiB" if report.gpu_peak is not None else ""))
     if report.loading and report.loading.samples:
@@ -194,6 +200,12 @@ def render_markdown(report: Report) -> str:
                       "(the figure checked against the target).", ""]
         else:
             lines += [f"App (e): not measured: {app.reason}.", ""]
+    if report.page:
+        lines += ["Page (f): the page's streaming Run (from `/queue/join` to `process_completed`, every streamed "
+                  "update and the page's final rendering included) against `/describe`, both over HTTP on one "
+                  "server, in rotation:", "", "| tokens | page s | /describe s | page / describe |", "|---|---|---|---|"]
+        lines += [f"| {p.tokens} | {p.page.seconds:.3f} | {p.describe.seconds:.3f} | {p.ratio:.3f} |" for p in report.page]
+        lines.append("")
     if report.loading and report.loading.samples:
         lines += _loading_lines(report)
     if report.memory:

@@ -9,6 +9,7 @@ max_new_tokens``) and the engine's own decoding keywords for every variant:
   c  engine.describe(heatmaps=True) + annotate_entities + one heatmap overlay
   d  N images in one describe_batch call against N describe calls
   e  the Gradio app over HTTP (gradio_client, /describe) against b
+  f  the page's streaming Run against /describe, both over HTTP, at each of --page-tokens
   load    Kosmos2Engine.load against a bare from_pretrained, each in a fresh process
   leak    RSS across many heatmap runs on the small model
 
@@ -40,13 +41,14 @@ from .timing import Series, TokenClock, Variant, alternate, current_rss, machine
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "kosmos_demo" / "assets" / "examples"
 PROMPT = "<grounding>An image of"
-PARTS = ("a", "b", "c", "d", "e", "load", "leak")
+PARTS = ("a", "b", "c", "d", "e", "f", "load", "leak")
 
 TARGETS = {
     "b/a": "<= 1.05",
     "c/a": "<= 1.10",
     "batch gain": ">= 2.5x",
     "app added": "<= 0.3 s",
+    "page/describe": "<= 1.10",
 }
 
 
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", help="auto (bf16, else fp16, on CUDA; fp32 on CPU), "
                                                         "float32, float16, bfloat16")
     parser.add_argument("--tokens", type=int, default=32, help="generated tokens per image (min = max)")
+    parser.add_argument("--page-tokens", default="32,256",
+                        help="generated tokens of the page-against-/describe runs in part f, comma separated")
     parser.add_argument("--batch", type=int, default=4, help="images per describe_batch call in part d")
     parser.add_argument("--runs", type=int, default=3, help="timed rounds per comparison (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
@@ -171,6 +175,19 @@ def _median_outside_engine(series: Series) -> float:
 
 
 @dataclass
+class PageResult:
+    """Part f at one length: the page's streaming Run and ``/describe`` in the same rotation."""
+
+    tokens: int
+    page: Series
+    describe: Series
+
+    @property
+    def ratio(self) -> float:
+        return self.page.seconds / self.describe.seconds
+
+
+@dataclass
 class LoadResult:
     checkpoint_bytes: int
     samples: list = field(default_factory=list)  # LoadSample
@@ -228,6 +245,7 @@ class Report:
     single: dict[str, Series] = field(default_factory=dict)
     batch: BatchResult | None = None
     app: AppResult | None = None
+    page: list[PageResult] = field(default_factory=list)
     loading: LoadResult | None = None
     memory: MemoryResult | None = None
     leak: LeakResult | None = None
@@ -412,6 +430,22 @@ def measure_app(setup: Setup, runs: int, warmup: int) -> AppResult:
     return AppResult(True, "", series["app"], series["b (engine)"])
 
 
+def measure_page(setup: Setup, lengths: list[int], runs: int, warmup: int) -> list[PageResult]:
+    from .page import page_works
+
+    works, close = page_works(setup, setup.image_paths[0])
+    results = []
+    try:
+        for tokens in lengths:
+            say(f"f: the page's streaming Run against /describe, {tokens} tokens")
+            page, describe = works(tokens)
+            series = alternate([Variant("page", page), Variant("/describe", describe)], runs, warmup, setup.device, say)
+            results.append(PageResult(tokens, series["page"], series["/describe"]))
+    finally:
+        close()
+    return results
+
+
 def measure_loading(directory: Path, device: torch.device, dtype: torch.dtype, runs: int) -> LoadResult:
     """bare, engine, bare, engine, ... each in a fresh process; one untimed load first warms the page cache."""
     from .loading import measure_in_child
@@ -585,6 +619,8 @@ def run(args, argv: list[str]) -> Report:
             report.batch = measure_batch(setup, args.batch, args.runs, args.warmup)
         if "e" not in skip:
             report.app = measure_app(setup, args.runs, args.warmup)
+        if "f" not in skip:
+            report.page = measure_page(setup, args.page_tokens, args.runs, args.warmup)
         report.memory = measure_memory(setup)
         if "leak" not in skip:
             report.leak = measure_leak(setup, args.leak_runs)
@@ -604,6 +640,13 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    try:
+        args.page_tokens = [int(v) for v in args.page_tokens.split(",") if v.strip()]
+    except ValueError:
+        args.page_tokens = []
+    if not args.page_tokens or min(args.page_tokens) < 1:
+        print("error: --page-tokens takes whole numbers >= 1, comma separated, e.g. 32,256", file=sys.stderr)
+        return 2
     if args.tokens < 1 or args.batch < 1 or args.runs < 1 or args.warmup < 0 or args.leak_runs < 1:
         print("error: --tokens, --batch, --runs and --leak-runs must be >= 1, --warmup >= 0", file=sys.stderr)
         return 2

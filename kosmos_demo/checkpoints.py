@@ -10,8 +10,10 @@ imports torch, transformers or gradio.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from . import DEFAULT_MODEL
 
@@ -89,3 +91,34 @@ def kind_of(config) -> CheckpointKind:
     if getattr(config, TOY_MARKER, False):
         return TOY
     return REAL
+
+
+HUB_PROBE_S = 3.0
+"""How long start-up waits for the Hub before saying it is unreachable."""
+
+
+def is_hub_id(source: str) -> bool:
+    """``owner/name`` that is not an existing folder: what ``from_pretrained`` would fetch from the Hub."""
+    return source.count("/") == 1 and not source.startswith(("/", ".", "~")) and not os.path.exists(
+        os.path.expanduser(source))
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_S) -> str | None:
+    """Why the Hub cannot be reached (no name, no route, time-out), or None when it answers.
+
+    huggingface_hub retries a dead connection five times over about 25 s before
+    giving up; one short TCP connect tells the same in a few seconds. Skipped
+    (None) behind a proxy, which a direct connect would misjudge, and in
+    offline mode, where nothing is fetched anyway.
+    """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return None
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:  # gaierror (no DNS), refused, unreachable, timeout
+        return f"could not reach {host}:{port} ({error.strerror or type(error).__name__})"
+    return None

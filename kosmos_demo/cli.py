@@ -1,62 +1,76 @@
-"""``python -m kosmos_demo``: describe images (JSON Lines on stdout) or build a tiny checkpoint."""
+"""``kosmos-demo`` / ``python -m kosmos_demo``: serve the app, describe images (JSON Lines on stdout), build checkpoints."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import os
 import sys
+import tempfile
 from dataclasses import fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
+from .messages import quote_value, valid_unicode
 from .settings import QUANTIZATIONS, STRATEGIES, DecodingSettings, SettingsError
 from .tasks import PromptError, Request, Task, build_prompt, parse_box
 
 _DECODING_FLAGS = [f for f in fields(DecodingSettings) if f.name != "strategy"]
 
 
+def program_name() -> str:
+    """``kosmos-demo`` when run as the console script, else ``python -m kosmos_demo``."""
+    return "kosmos-demo" if Path(sys.argv[0]).name.startswith("kosmos-demo") else "python -m kosmos_demo"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kosmos_demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", add_help=False,
+                        help="serve the web app (the options of app.py; `serve --help` lists them)")
 
     describe = commands.add_parser("describe", help="caption and ground images; one JSON object per image")
     describe.add_argument("images", nargs="+", help="image files, or folders (their files, not recursive)")
-    describe.add_argument("--task", default="brief", choices=[t.value for t in Task])
+    tasks = [t.value for t in Task]
+    describe.add_argument("--task", default="brief", choices=tasks, type=one_of(tasks))
     describe.add_argument("--text", default="", help="phrase, question or custom prompt, as the task needs")
     describe.add_argument("--box", default=None, help="X1,Y1,X2,Y2 in pixels of the original image (region tasks)")
     describe.add_argument("--no-grounding", action="store_true", help="custom prompt: do not add <grounding>")
     add_model_options(describe)
-    describe.add_argument("--strategy", default="greedy", choices=STRATEGIES)
+    describe.add_argument("--strategy", default="greedy", choices=STRATEGIES, type=one_of(STRATEGIES))
     for f in _DECODING_FLAGS:
         describe.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                               help=f"default {f.default}")
     describe.add_argument("--heatmaps", action="store_true", help="per-token attention heatmaps (PNGs with --out)")
-    describe.add_argument("--batch-size", type=int, default=4, help="images per generate call (default 4)")
+    describe.add_argument("--batch-size", type=number(int), default=4, help="images per generate call (default 4)")
     describe.add_argument("--out", type=Path, default=None, help="folder for annotated and heatmap PNGs")
 
     tiny = commands.add_parser("tiny-model", help="write a tiny random Kosmos-2 checkpoint for tests and previews")
     tiny.add_argument("dir", type=Path)
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=number(int), default=0)
 
     train_toy = commands.add_parser("train-toy", help="train the small shapes toy from scratch (resumable) in DIR")
     train_toy.add_argument("dir", type=Path)
-    train_toy.add_argument("--steps", type=int, default=5000)
-    train_toy.add_argument("--batch-size", type=int, default=16)
-    train_toy.add_argument("--seed", type=int, default=0)
-    train_toy.add_argument("--lr", type=float, default=1e-3)
-    train_toy.add_argument("--minutes", type=float, default=None, help="wall-clock budget; stops and saves when spent")
-    train_toy.add_argument("--checkpoint-every", type=int, default=200)
+    train_toy.add_argument("--steps", type=number(int), default=5000)
+    train_toy.add_argument("--batch-size", type=number(int), default=16)
+    train_toy.add_argument("--seed", type=number(int), default=0)
+    train_toy.add_argument("--lr", type=number(float), default=1e-3)
+    train_toy.add_argument("--minutes", type=number(float), default=None,
+                           help="wall-clock budget; stops and saves when spent")
+    train_toy.add_argument("--checkpoint-every", type=number(int), default=200)
     train_toy.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
     train_toy.add_argument("--init-from", type=Path, default=None,
                            help="start from the weights of this toy folder (fresh optimizer), e.g. to fine-tune")
-    train_toy.add_argument("--workers", type=int, default=None,
+    train_toy.add_argument("--workers", type=number(int), default=None,
                            help="processes generating batches ahead (default: 0 on CPU, up to 8 with a GPU)")
 
     eval_toy = commands.add_parser("eval-toy", help="score a trained toy against a random-init one on fresh shapes")
     eval_toy.add_argument("dir", type=Path)
-    eval_toy.add_argument("--images", type=int, default=100, help="single-shape images (default 100)")
-    eval_toy.add_argument("--multi", type=int, default=30, help="extra 2-3 shape images (default 30)")
-    eval_toy.add_argument("--seed", type=int, default=10_000, help="held out: training uses other seeds")
+    eval_toy.add_argument("--images", type=number(int), default=100, help="single-shape images (default 100)")
+    eval_toy.add_argument("--multi", type=number(int), default=30, help="extra 2-3 shape images (default 30)")
+    eval_toy.add_argument("--seed", type=number(int), default=10_000, help="held out: training uses other seeds")
     eval_toy.add_argument("--no-baseline", action="store_true")
     eval_toy.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -68,11 +82,38 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="hub id or local folder (default: $KOSMOS_MODEL or microsoft/kosmos-2-patch14-224)")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
-    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, type=one_of(QUANTIZATIONS), default="none",
                         help="load the weights in 8 or 4 bits through bitsandbytes (a CUDA GPU; pip install bitsandbytes)")
 
 
+def one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """argparse ``type=`` for a flag with ``choices``: a wrong value is quoted short (argparse quotes all of it)."""
+    def check(text: str) -> str:
+        if text not in choices:
+            listed = ", ".join(repr(c) for c in choices)
+            raise argparse.ArgumentTypeError(f"invalid choice: {quote_value(text)} (choose from {listed})")
+        return text
+
+    return check
+
+
+def number(kind: type) -> Callable[[str], int | float]:
+    """argparse ``type=`` for an int or float flag, quoting a bad value short as :func:`one_of` does."""
+    def convert(text: str) -> int | float:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {quote_value(text)}") from None
+
+    return convert
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # its own parser: the app's options live with the app
+        from .server import main as serve
+
+        return serve(argv[1:], prog=f"{program_name()} serve")
     args = build_parser().parse_args(argv)
     if args.command == "tiny-model":
         from .tiny import build_tiny_checkpoint
@@ -113,14 +154,14 @@ def describe(args: argparse.Namespace) -> int:
             ),
         )
         if args.batch_size < 1:
-            raise SettingsError("batch_size", f"must be at least 1 (got {args.batch_size})")
+            raise SettingsError("batch_size", f"must be at least 1 (got {quote_value(args.batch_size)})")
+        if args.out is not None:
+            check_out_folder(args.out)
     except (SettingsError, PromptError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    paths = list(_expand(args.images))
-    if not paths:
-        print("error: no image files given", file=sys.stderr)
-        return 2
+    skipped: list[Path] = []
+    paths = list(_expand(args.images, skipped))
     from .engine import EngineError, get_engine
     from .images import ImageLoadError, load_image
 
@@ -138,13 +179,16 @@ def describe(args: argparse.Namespace) -> int:
     printed = failed = 0
     batch: list[tuple[int, Path, object]] = []
     bar = tqdm(total=len(paths), desc="images", unit="img", file=sys.stderr, disable=len(paths) < 2)
-    for index, path in enumerate(paths):
+    for index, (path, problem) in enumerate(paths):
         try:
-            image = load_image(path, engine.image_limits)
-            build_prompt(request, image.size)
-            batch.append((index, path, image))
+            if problem is None:
+                image = load_image(path, engine.image_limits)
+                build_prompt(request, image.size)
+                batch.append((index, path, image))
+            else:
+                lines[index] = {**_image_fields(path), "error": problem}
         except (ImageLoadError, PromptError) as error:
-            lines[index] = {"image": str(path), "error": str(error)}
+            lines[index] = {**_image_fields(path), "error": str(error)}
         if batch and (len(batch) == args.batch_size or index == len(paths) - 1):
             lines.update(_run_batch(engine, request, batch, args.out, names))
             batch = []
@@ -155,6 +199,10 @@ def describe(args: argparse.Namespace) -> int:
             bar.update(1)
             printed += 1
     bar.close()
+    if skipped:
+        shown = ", ".join(quote_value(p.name) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(f"note: not read: {len(skipped)} subfolder(s) or hidden entries of the folders given ({shown})",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -165,34 +213,40 @@ def _run_batch(engine, request, batch, out: Path | None, names: set[str]) -> dic
     try:
         results = engine.describe_batch([image for _, _, image in batch], request)
     except (EngineError, PromptError, ValueError) as error:
-        return {index: {"image": str(path), "error": str(error)} for index, path, _ in batch}
+        return {index: {**_image_fields(path), "error": str(error)} for index, path, _ in batch}
     lines = {}
     for (index, path, image), result in zip(batch, results):
-        line = {"image": str(path), **result.to_json()}
+        line = {**_image_fields(path), **result.to_json()}
         if out is not None:
-            line.update(_write_pngs(out, _unique_stem(path, names), image, result))
+            line.update(_write_pngs(out, _unique_stem(path, names), image, result, _shown(Path(path.name))))
         lines[index] = line
     return lines
 
 
-def _write_pngs(out: Path, stem: str, image, result) -> dict:
-    from .render import HeatmapAnnotator, annotate_entities, heatmap_grid
+def _write_pngs(out: Path, stem: str, image, result, name: str) -> dict:
+    """The exporter's files for one image (as the page's downloads), each token's heatmap too, as line fields."""
+    from .export import export
 
-    out.mkdir(parents=True, exist_ok=True)
-    written = {"annotated": str(out / f"{stem}.annotated.png")}
-    annotate_entities(image, result.entities).save(written["annotated"])
-    if result.heatmaps is not None and len(result.heatmaps):
-        tokens = [t for t in result.tokens if t.heatmap_index is not None]
-        grid = out / f"{stem}.heatmaps.png"
-        heatmap_grid(image, result.heatmaps.maps, [t.text for t in tokens], result.heatmaps.image_share).save(grid)
-        overlay = HeatmapAnnotator()
-        per_token = []
-        for token in tokens:
-            path = out / f"{stem}.heatmap-{token.heatmap_index:03d}.png"
-            overlay.annotate(image, result.heatmaps.maps[token.heatmap_index]).save(path)
-            per_token.append(str(path))
-        written.update(heatmap_grid=str(grid), heatmaps=per_token)
-    return written
+    written = export(out, image, result, name, stem=stem, token_images=True).to_json()
+    return {key: [_shown(Path(v)) for v in value] if isinstance(value, list) else _shown(Path(value))
+            for key, value in written.items()}
+
+
+def _image_fields(path: Path) -> dict:
+    """A line's ``image``: the path as given, with bytes that are not UTF-8 written ``\\xNN``; then
+    ``image_bytes``, the base64 of the path's exact bytes, only for such a name."""
+    shown = _shown(path)
+    if shown == str(path):
+        return {"image": shown}
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate that no file system byte stands for
+        return {"image": shown}
+    return {"image": shown, "image_bytes": base64.b64encode(raw).decode("ascii")}
+
+
+def _shown(path: Path) -> str:
+    return valid_unicode(str(path))
 
 
 def _emit(line: dict) -> None:
@@ -200,18 +254,51 @@ def _emit(line: dict) -> None:
     sys.stdout.flush()
 
 
-def _expand(items: Sequence[str]) -> Iterator[Path]:
+def check_out_folder(out: Path) -> None:
+    """Create ``out`` and write (then remove) a probe file in it; SettingsError if it cannot hold the PNGs."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=out, prefix=".kosmos-probe-")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        reason = _OUT_REASONS.get(type(error)) or error.strerror or type(error).__name__
+        raise SettingsError("--out", f"cannot write the PNGs to {quote_value(_shown(out), limit=200)}: "
+                                     f"{reason}") from None
+
+
+_OUT_REASONS = {FileExistsError: "it is a file, not a folder",
+                NotADirectoryError: "a part of its path is a file, not a folder"}
+
+
+def _expand(items: Sequence[str], skipped: list[Path]) -> Iterator[tuple[Path, str | None]]:
+    """(path, None) per image to read, or (folder, error) for a folder that gives none.
+
+    A folder gives its entries that are neither folders nor hidden, so a FIFO or a
+    broken link gets its own error line from load_image; the rest go to ``skipped``.
+    """
     for item in items:
         path = Path(item)
-        if path.is_dir():
-            yield from sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        else:
-            yield path  # a missing file becomes an error line, not a crash
+        if not path.is_dir():
+            yield path, None  # a missing file becomes an error line, not a crash
+            continue
+        try:
+            entries = sorted(path.iterdir())
+        except OSError as error:
+            yield path, f"The folder cannot be read ({error.strerror or type(error).__name__})."
+            continue
+        chosen = []
+        for entry in entries:
+            (skipped if entry.name.startswith(".") or entry.is_dir() else chosen).append(entry)
+        if not chosen:
+            yield path, "The folder holds no files to describe (subfolders and hidden files are not read)."
+        yield from ((p, None) for p in chosen)
 
 
 def _unique_stem(path: Path, taken: set[str]) -> str:
-    stem, n = path.stem, 2
+    base = valid_unicode(path.stem)  # written as the line names it: not-UTF-8 bytes as \xNN
+    stem, n = base, 2
     while stem in taken:
-        stem, n = f"{path.stem}-{n}", n + 1
+        stem, n = f"{base}-{n}", n + 1
     taken.add(stem)
     return stem

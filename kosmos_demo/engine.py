@@ -17,17 +17,19 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
 
-from . import DEFAULT_MODEL, cpu_linear
+from . import DEFAULT_MODEL, checkpoints, cpu_linear
 from .checkpoints import MODEL_ENV, resolve_source
 from .attention import ATTENTION_IMPLEMENTATION, ImageAttentionRecorder, token_heatmaps
-from .grounding import TAG_TOKENS, normalize_box, parse_grounded, to_pixels
+from .detokenize import PieceDecoder
+from .geometry import normalize_box, to_pixels
+from .grounding import TAG_TOKENS, parse_grounded
 from .images import ImageLimits, load_image
+from .messages import quote_value
 from .results import Entity, Heatmaps, Result, Token
 from .settings import QUANTIZATIONS
 from .tasks import PromptError, Request, build_prompt, validate_box
@@ -55,11 +57,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError:
-        raise EngineError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.") from None
+        raise EngineError(f"Unknown device {quote_value(device)}; use auto, cpu, cuda, cuda:N or mps.") from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise EngineError(f"Device {device!r} was asked for, but CUDA is not available here; use --device cpu.")
+        raise EngineError(f"Device {quote_value(device)} was asked for, but CUDA is not available here; "
+                          "use --device cpu.")
     if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise EngineError(f"Device {device!r} was asked for, but MPS is not available here; use --device cpu.")
+        raise EngineError(f"Device {quote_value(device)} was asked for, but MPS is not available here; "
+                          "use --device cpu.")
     return chosen
 
 
@@ -78,7 +82,7 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device = torc
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise EngineError(f"Unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16.") from None
+        raise EngineError(f"Unknown dtype {quote_value(dtype)}; use auto, float32, float16 or bfloat16.") from None
 
 
 def quantization_config(quantize: str, dtype: torch.dtype):
@@ -86,7 +90,7 @@ def quantization_config(quantize: str, dtype: torch.dtype):
     if quantize in (None, "", "none"):
         return None
     if quantize not in QUANTIZATIONS:
-        raise EngineError(f"Unknown quantization {quantize!r}; use none, 8bit or 4bit.")
+        raise EngineError(f"Unknown quantization {quote_value(quantize)}; use none, 8bit or 4bit.")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise EngineError(f"Quantizing to {quantize} needs bitsandbytes, which is not installed "
                           "(pip install bitsandbytes; it wants a CUDA GPU). Or leave quantization off.")
@@ -98,12 +102,13 @@ def quantization_config(quantize: str, dtype: torch.dtype):
 
 
 def _load_failure(source: str, reason: BaseException | str) -> ModelLoadError:
-    local = Path(source).expanduser().exists() or source.startswith(("/", ".", "~")) or source.count("/") != 1
+    local = os.path.exists(os.path.expanduser(source)) or source.startswith(("/", ".", "~")) or source.count("/") != 1
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if local:
         tried = f"the local folder {source}"
     else:
-        tried = f"the Hugging Face Hub model {source!r}" + (" (offline mode is on: HF_HUB_OFFLINE=1)" if offline else "")
+        tried = f"the Hugging Face Hub model {quote_value(source, limit=120)}"
+        tried += " (offline mode is on: HF_HUB_OFFLINE=1)" if offline else ""
     why = str(reason).strip().splitlines()[0].rstrip(".") if str(reason).strip() else type(reason).__name__
     if len(why) > 300:
         why = why[:300] + "..."
@@ -112,10 +117,25 @@ def _load_failure(source: str, reason: BaseException | str) -> ModelLoadError:
         f"The real weights (about 6.6 GB) come from the Hub on first run and need network access. "
         f"To use a local checkpoint, pass --model /path/to/folder (or set {MODEL_ENV}=/path/to/folder): a folder "
         f"written by save_pretrained with config.json, the weights and the processor files, for example "
-        f"`huggingface-cli download {DEFAULT_MODEL} --local-dir DIR` run on a machine with network. "
+        f"`hf download {DEFAULT_MODEL} --local-dir DIR` run on a machine with network. "
         f"For an offline preview: --model toy, the small model this project trained on coloured shapes "
         f"(it knows nothing else)."
     )
+
+
+def _hub_fallback(source: str) -> dict:
+    """``from_pretrained`` options for a hub id when the Hub is unreachable: the local cache, or fail now.
+
+    Without this an offline start spends about 25 s in huggingface_hub's retries
+    before the same error.
+    """
+    if not checkpoints.is_hub_id(source) or not (reason := checkpoints.hub_unreachable()):
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return {"local_files_only": True}  # downloaded before: serve the cached copy
+    raise _load_failure(source, f"{reason}, and it is not in the local cache")
 
 
 # --- plain data between the stages ----------------------------------------
@@ -172,20 +192,83 @@ class _Cancelled(Exception):
 
 
 class _TokenQueue:
-    """A generate() streamer: hands new token ids to another thread."""
+    """A generate() streamer: hands new token ids to another thread, at most every ``interval_s`` seconds.
 
-    def __init__(self):
+    Waking the consumer for every token makes the two threads trade the GIL per token, which slows a
+    small model's decoding by up to half; batching by time costs one list append per token.
+    """
+
+    def __init__(self, interval_s: float = 0.0):
         self.queue: queue.Queue = queue.Queue()
+        self.interval_s = interval_s
         self._prompt_seen = False
+        self._pending: list[int] = []
+        self._sent_at = float("-inf")  # the first token goes at once
 
     def put(self, value):
         if not self._prompt_seen:  # generate() first puts the prompt
             self._prompt_seen = True
             return
-        self.queue.put(value.reshape(-1).tolist())
+        self._pending.extend(value.reshape(-1).tolist())
+        if time.perf_counter() - self._sent_at >= self.interval_s:
+            self._send()
 
     def end(self):
+        if self._pending:
+            self._send()
         self.queue.put(None)
+
+    def _send(self):
+        self.queue.put(self._pending)
+        self._pending = []
+        self._sent_at = time.perf_counter()
+
+    def take(self) -> list[int] | None:
+        """Every id sent since the last call (waiting for one); None once generation has ended and all were taken."""
+        ids = self.queue.get()
+        if ids is None:
+            return None
+        while True:
+            try:
+                more = self.queue.get_nowait()
+            except queue.Empty:
+                return ids
+            if more is None:
+                self.queue.put(None)  # seen on the next call, after these ids
+                return ids
+            ids = ids + more
+
+
+class _Worker:
+    """One long-lived daemon thread that runs the streams' ``generate`` calls, one after another.
+
+    A fresh thread per stream cost 13 ms of a 49 ms tiny-checkpoint run (torch sets up its
+    intra-op thread pool again for each new calling thread). Daemon, so a generation that is
+    still running never holds up the interpreter's exit.
+    """
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> threading.Event:
+        """Run ``job`` (which must not raise) on the thread; the event is set when it has returned."""
+        with self._starting:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="kosmos-generate", daemon=True)
+                self._thread.start()
+        done = threading.Event()
+        self._jobs.put((job, done))
+        return done
+
+    def _serve(self) -> None:
+        while True:
+            job, done = self._jobs.get()
+            try:
+                job()
+            finally:
+                done.set()
 
 
 class _StopOnEvent:
@@ -214,7 +297,7 @@ class Kosmos2Engine:
         self.num_slots = model.config.latent_query_num
         self.max_positions = model.config.text_config.max_position_embeddings
         tokenizer = processor.tokenizer
-        self._tag_ids = set(tokenizer.convert_tokens_to_ids(list(TAG_TOKENS)))
+        self._tag_ids = frozenset(tokenizer.convert_tokens_to_ids(list(TAG_TOKENS)))
         first = tokenizer.convert_tokens_to_ids("<patch_index_0000>")
         self._location_ids = range(first, first + processor.num_patch_index_tokens)
         self._eos_id = tokenizer.eos_token_id
@@ -225,6 +308,7 @@ class Kosmos2Engine:
             _shift_positions_past_padding, with_kwargs=True
         )
         self._lock = threading.Lock()
+        self._worker = _Worker()
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "auto", dtype: str = "auto",
@@ -249,14 +333,15 @@ class Kosmos2Engine:
         say = progress or (lambda message: None)
         say(f"Loading Kosmos-2 from {source} ({target.type}, {str(torch_dtype).replace('torch.', '')}"
             f"{'' if quantization is None else ', ' + quantize})...")
+        offline = _hub_fallback(source)
         try:
-            config = AutoConfig.from_pretrained(source)
+            config = AutoConfig.from_pretrained(source, **offline)
             if config.model_type != "kosmos-2":
-                raise ValueError(f"it holds a {config.model_type!r} model, not Kosmos-2")
-            processor = AutoProcessor.from_pretrained(source)
+                raise ValueError(f"it holds a {quote_value(config.model_type)} model, not Kosmos-2")
+            processor = AutoProcessor.from_pretrained(source, **offline)
             net = Kosmos2ForConditionalGeneration.from_pretrained(
                 source, dtype=torch_dtype, device_map=str(target), attn_implementation=ATTENTION_IMPLEMENTATION,
-                **({} if quantization is None else {"quantization_config": quantization}),
+                **({} if quantization is None else {"quantization_config": quantization}), **offline,
             )
         except Exception as error:  # OSError, ValueError, SafetensorError (truncated file), RuntimeError (shapes)...
             raise _load_failure(source, error) from error
@@ -293,8 +378,11 @@ class Kosmos2Engine:
             return self.postprocess(prepared, generated)
 
     def stream(self, image, request: Request = Request(), cancel: threading.Event | None = None,
-               logits_processors: Sequence = ()) -> Iterator[Partial | Result]:
+               logits_processors: Sequence = (), interval_s: float = 0.0) -> Iterator[Partial | Result]:
         """Yield :class:`Partial` captions while generating, then the :class:`Result`.
+
+        A :class:`Partial` comes at most every ``interval_s`` seconds (the first token at once), with
+        every token generated since the last one.
 
         Settings that cannot stream (beam search: ``DecodingSettings.streams``)
         yield the :class:`Result` alone, when the search ends.
@@ -306,7 +394,7 @@ class Kosmos2Engine:
         """
         cancel = cancel or threading.Event()
         prepared = self.preprocess([image], [request])
-        streamer = _TokenQueue()  # beam search keeps candidates to the end: nothing to show until then
+        streamer = _TokenQueue(interval_s)  # beam search keeps candidates to the end: nothing to show until then
         outcome: dict = {}
 
         def run():
@@ -319,23 +407,26 @@ class Kosmos2Engine:
             finally:
                 streamer.end()
 
-        worker = threading.Thread(target=run, name="kosmos-generate", daemon=True)
-        worker.start()
-        prompt_ids = prepared.inputs["input_ids"][0].tolist()
-        slot_mask = prepared.inputs["image_embeds_position_mask"][0]
-        new_ids: list[int] = []
-        ended = False
+        finished = self._worker.submit(run)
+        decoder = self._piece_decoder()
+        prompt_tail = decoder.extend(_after_image(prepared.inputs["input_ids"][0].tolist(),
+                                                  prepared.inputs["image_embeds_position_mask"][0]))
+        raw = "".join(piece for piece, _ in prompt_tail)  # a "Question: ..." is part of the caption, as in the Result
+        text = "".join(piece for piece, kind in prompt_tail if kind == "text")
+        generated, ended = 0, False
         try:
-            while (ids := streamer.queue.get()) is not None:
-                new_ids.extend(ids)
-                pieces = self._pieces(prompt_ids + new_ids, slot_mask)
-                parsed = parse_grounded([(kind, text) for text, kind in pieces])
-                yield Partial(parsed.text, "".join(text for text, _ in pieces), len(new_ids))
+            while (ids := streamer.take()) is not None:
+                for piece, kind in decoder.extend(_until_eos(ids, self._eos_id)):  # only the new tokens are decoded
+                    raw += piece
+                    if kind == "text":
+                        text += piece
+                generated += len(ids)
+                yield Partial(text.strip(), raw, generated)
             ended = True
         finally:
             if not ended:
                 cancel.set()  # closed early: stop generating, do not wait for it
-        worker.join()
+        finished.wait()
         if "error" in outcome:
             raise outcome.pop("error")  # popped: the error's traceback refers back to `outcome` (a cycle)
         yield self.postprocess(prepared, outcome["generated"])[0]
@@ -508,29 +599,19 @@ class Kosmos2Engine:
                 image_embeds_position_mask=full_mask, use_cache=False,
             )
 
+    def _piece_decoder(self) -> PieceDecoder:
+        return PieceDecoder(self.processor.tokenizer, self._location_ids, self._tag_ids)
+
     def _pieces(self, ids: list[int], slot_mask) -> list[tuple[str, str]]:
         """Token ids after ``</image>`` -> (decoded text, kind) per token."""
-        slot_mask = [int(v) for v in (slot_mask.tolist() if hasattr(slot_mask, "tolist") else slot_mask)]
-        last_slot = max((i for i, v in enumerate(slot_mask) if v), default=-1)
-        ids = ids[last_slot + 2:]  # skip the slots and </image>
-        tokenizer = self.processor.tokenizer
-        pieces, previous = [], ""
-        for end in range(1, len(ids) + 1):
-            text = tokenizer.decode(ids[:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            piece = text[_common_prefix(previous, text):]  # what this token added
-            token_id = ids[end - 1]
-            kind = "location" if token_id in self._location_ids else "tag" if token_id in self._tag_ids else "text"
-            pieces.append((piece, kind))
-            previous = text
-        return pieces
+        return self._piece_decoder().extend(_after_image(ids, slot_mask))
 
 
-def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def _after_image(ids: list[int], slot_mask) -> list[int]:
+    """The ids after the image slots and ``</image>``."""
+    slot_mask = [int(v) for v in (slot_mask.tolist() if hasattr(slot_mask, "tolist") else slot_mask)]
+    last_slot = max((i for i, v in enumerate(slot_mask) if v), default=-1)
+    return ids[last_slot + 2:]
 
 
 def _until_eos(ids: list[int], eos_id: int) -> list[int]:

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .messages import valid_unicode
 from .render import HeatmapAnnotator, annotate_entities, heatmap_grid, visible_token
 from .results import Result, Token
 
 
 def record(result: Result, image_name: str) -> dict:
-    """The JSON record of one image: its name, then :meth:`Result.to_json`."""
-    return {"image": image_name, **result.to_json()}
+    """The JSON record of one image: its name (lone surrogates written out), then :meth:`Result.to_json`."""
+    return {"image": valid_unicode(image_name), **result.to_json()}
 
 
 def heatmap_tokens(result: Result) -> list[Token]:

@@ -1,22 +1,17 @@
-"""Kosmos-2's grounding markup and box geometry, as small pure functions.
+"""Kosmos-2's grounding markup, as small pure functions: location tokens, tags, the grounded-text parser.
 
 A box is a pair of ``<patch_index_NNNN>`` tokens naming the top-left and the
-bottom-right cell of a 32x32 grid laid over the image after it was squashed to
-a square, so normalised coordinates map back to the original image by scaling
-x by its width and y by its height (no letterbox offset).
+bottom-right cell of a 32x32 grid (the cell maths is in :mod:`kosmos_demo.geometry`).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from .results import NormalizedBox, PixelBox, Span
-
-GRID = 32
-"""Location tokens per side: ``<patch_index_0000>`` .. ``<patch_index_1023>``."""
+from .geometry import GRID, box_to_patch_indices, patch_indices_to_box
+from .results import NormalizedBox, Span
 
 PHRASE_OPEN, PHRASE_CLOSE = "<phrase>", "</phrase>"
 OBJECT_OPEN, OBJECT_CLOSE = "<object>", "</object>"
@@ -35,78 +30,7 @@ UNNAMED = ""
 """Phrase of an object that the model emitted without a ``<phrase>`` before it."""
 
 
-# --- geometry -------------------------------------------------------------
-
-
-def sort_box(box: Sequence[float]) -> tuple[float, float, float, float]:
-    """Put the corners in order, whatever order they came in.
-
-    >>> sort_box((0.8, 0.1, 0.2, 0.5))
-    (0.2, 0.1, 0.8, 0.5)
-    """
-    x1, y1, x2, y2 = box
-    return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
-
-
-def normalize_box(box: Sequence[float], width: int, height: int) -> NormalizedBox:
-    """Pixel box of a ``width`` x ``height`` image -> sorted fractions clipped to [0, 1].
-
-    >>> normalize_box((150, 50, 0, 100), 300, 200)
-    (0.0, 0.25, 0.5, 0.5)
-    """
-    x1, y1, x2, y2 = sort_box(box)
-    clip = lambda v: min(max(v, 0.0), 1.0)  # noqa: E731
-    return (clip(x1 / width), clip(y1 / height), clip(x2 / width), clip(y2 / height))
-
-
-def to_pixels(box: NormalizedBox, width: int, height: int) -> PixelBox:
-    """Fractions -> integer pixels of the original image, sorted and inside it.
-
-    Halves round up (not to even), so equal fractions give equal pixels.
-
-    >>> to_pixels((0.390625, 0.046875, 0.984375, 0.828125), 640, 480)
-    (250, 23, 630, 398)
-    """
-    x1, y1, x2, y2 = sort_box(box)
-    clip_x = lambda v: min(max(math.floor(v * width + 0.5), 0), width)  # noqa: E731
-    clip_y = lambda v: min(max(math.floor(v * height + 0.5), 0), height)  # noqa: E731
-    return (clip_x(x1), clip_y(y1), clip_x(x2), clip_y(y2))
-
-
-def box_to_patch_indices(box: NormalizedBox, grid: int = GRID) -> tuple[int, int]:
-    """Normalised box -> (top-left cell, bottom-right cell), as the processor does it.
-
-    Same arithmetic as ``coordinate_to_patch_index`` in transformers, but corners
-    are sorted and a zero-width box or an edge at 1.0 stays on the grid.
-
-    >>> box_to_patch_indices((0.390625, 0.046875, 0.984375, 0.828125))
-    (44, 863)
-    """
-    x1, y1, x2, y2 = sort_box(box)
-    cell = lambda v: min(max(v, 0), grid - 1)  # noqa: E731
-    ul_x, ul_y = cell(math.floor(x1 * grid)), cell(math.floor(y1 * grid))
-    lr_x = max(cell(math.ceil(x2 * grid - 1)), ul_x)
-    lr_y = max(cell(math.ceil(y2 * grid - 1)), ul_y)
-    return ul_y * grid + ul_x, lr_y * grid + lr_x
-
-
-def patch_indices_to_box(ul_index: int, lr_index: int, grid: int = GRID) -> NormalizedBox:
-    """(top-left cell, bottom-right cell) -> sorted normalised box.
-
-    Matches ``patch_index_to_coordinate`` in transformers (cell centres when the
-    cells differ in both axes, whole cells otherwise), with inverted pairs sorted.
-
-    >>> patch_indices_to_box(44, 863)
-    (0.390625, 0.046875, 0.984375, 0.828125)
-    >>> patch_indices_to_box(863, 44)
-    (0.390625, 0.046875, 0.984375, 0.828125)
-    """
-    size = 1.0 / grid
-    ux, lx = sorted((ul_index % grid, lr_index % grid))
-    uy, ly = sorted((ul_index // grid, lr_index // grid))
-    if ux == lx or uy == ly:
-        return (ux * size, uy * size, lx * size + size, ly * size + size)
-    return (ux * size + size / 2, uy * size + size / 2, lx * size + size / 2, ly * size + size / 2)
+# --- markup from geometry ---------------------------------------------------
 
 
 def location_tokens(box: NormalizedBox, grid: int = GRID) -> str:
@@ -169,6 +93,9 @@ def parse_grounded(pieces: Sequence[tuple[str, str]], grid: int = GRID) -> Parse
     per token. Unlike ``post_process_generation`` this keeps objects without a
     phrase (phrase ``""``, empty span), keeps a box list cut off inside
     ``<object>`` (``complete=False``), sorts inverted corners, and never raises.
+    An object is complete only if it holds at least one box and every delimiter
+    sits between two whole pairs; a pair with an index outside the grid (e.g.
+    ``<patch_index_1500>``) is dropped and marks its object incomplete.
     Leading and trailing whitespace of the text is dropped, as the processor does.
 
     >>> raw = ("<grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044>"
@@ -204,22 +131,34 @@ def parse_grounded(pieces: Sequence[tuple[str, str]], grid: int = GRID) -> Parse
             if obj is not None:
                 entities.append(_close(obj, index - 1, complete=False))
             named = phrase if phrase is not None and phrase["end"] is not None else None
-            obj = {"phrase": named, "at": length, "pairs": [], "pending": [], "first": named["first"] if named else index}
+            obj = {"phrase": named, "at": length, "pairs": [], "pending": [], "run": 0, "broken": False,
+                   "first": named["first"] if named else index}
             phrase = None
         elif kind == "location" and obj is not None:
-            obj["pending"].append(int(piece[len("<patch_index_") : -1]))
+            obj["pending"].append(_location_index(piece, grid))
             if len(obj["pending"]) == 2:
-                obj["pairs"].append(tuple(obj["pending"]))
-                obj["pending"] = []
+                if None in obj["pending"]:
+                    obj["broken"] = True  # never a box guessed from an index off the grid
+                else:
+                    obj["pairs"].append(tuple(obj["pending"]))
+                obj["pending"], obj["run"] = [], obj["run"] + 1
         elif piece == DELIMITER and obj is not None:
-            obj["pending"] = []
+            obj["broken"] |= bool(obj["pending"]) or obj["run"] == 0  # a lone corner or an empty slot
+            obj["pending"], obj["run"] = [], 0
         elif piece == OBJECT_CLOSE and obj is not None:
-            entities.append(_close(obj, index, complete=not obj["pending"]))
+            whole = bool(obj["pairs"]) and obj["run"] > 0 and not obj["pending"] and not obj["broken"]
+            entities.append(_close(obj, index, complete=whole))
             obj = None
     if obj is not None:
         entities.append(_close(obj, len(pieces) - 1, complete=False))
     raw_text = "".join(chunks)
     return _strip(raw_text, entities, spans, grid)
+
+
+def _location_index(piece: str, grid: int) -> int | None:
+    """The cell a location piece names, or None when it is malformed or off the ``grid``."""
+    match = _LOCATION.fullmatch(piece)
+    return int(match.group(1)) if match and int(match.group(1)) < grid * grid else None
 
 
 def _close(obj: dict, last: int, complete: bool) -> dict:
@@ -241,7 +180,7 @@ def _strip(text: str, entities: list[dict], spans: list[Span | None], grid: int)
             name, span = text[start:end] if end > start else "", (shift(start), shift(max(start, end)))
         else:
             name, span = UNNAMED, (shift(e["at"]), shift(e["at"]))
-        boxes = tuple(patch_indices_to_box(a % grid**2, b % grid**2, grid) for a, b in e["pairs"])
+        boxes = tuple(patch_indices_to_box(a, b, grid) for a, b in e["pairs"])
         out.append(ParsedEntity(name, span, boxes, e["complete"], (e["first"], e["last"])))
     piece_spans = tuple(None if s is None else (shift(s[0]), shift(s[1])) for s in spans)
     return ParsedText(clean, tuple(out), piece_spans)

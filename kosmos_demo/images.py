@@ -174,7 +174,8 @@ def _read_path(path: str | os.PathLike, limits: ImageLimits) -> tuple[bytes, str
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        _fail("missing", "The file does not exist.", name)
+        missing = "This is a link to a file that does not exist." if os.path.islink(path) else "The file does not exist."
+        _fail("missing", missing, name)
     except PermissionError:
         _fail("unreadable", "The file cannot be read (permission denied).", name)
     except (OSError, ValueError) as exc:  # ValueError: embedded NUL in the path

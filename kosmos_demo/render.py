@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .messages import quote_value
 from .results import Entity, PixelBox
 
 __all__ = [
@@ -385,7 +386,7 @@ class HeatmapAnnotator:
         try:
             cmap = matplotlib.colormaps[colormap]
         except KeyError:
-            raise ValueError(f"unknown matplotlib colormap {colormap!r}") from None
+            raise ValueError(f"unknown matplotlib colormap {quote_value(colormap)}") from None
         self.colormap = colormap
         self.alpha = alpha
         self.weighted = weighted

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, NamedTuple
 
+from .messages import quote_value
+
 STRATEGIES = ("greedy", "beam", "sample")
 
 STRATEGY_FIELDS: dict[str, tuple[str, ...]] = {
@@ -80,7 +82,8 @@ class DecodingSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
-            raise SettingsError("strategy", f"must be one of {', '.join(STRATEGIES)} (got {self.strategy!r})")
+            choices = ", ".join(STRATEGIES)
+            raise SettingsError("strategy", f"must be one of {choices} (got {quote_value(self.strategy)})")
         for name, (kind, low, high, low_in, high_in) in RANGES.items():
             value = _coerce(name, getattr(self, name), kind)
             ok_low = value >= low if low_in else value > low
@@ -88,7 +91,7 @@ class DecodingSettings:
             if not (ok_low and ok_high):
                 lo, hi = ("[" if low_in else "(") + f"{low}", f"{high}" + ("]" if high_in else ")")
                 rule = f"between {low} and {high}" if low_in and high_in else f"in {lo}, {hi}"
-                raise SettingsError(name, f"must be {rule} (got {value})")
+                raise SettingsError(name, f"must be {rule} (got {quote_value(value)})")
             object.__setattr__(self, name, value)
         if self.strategy == "beam" and self.num_beams < 2:
             raise SettingsError("num_beams", "beam search needs at least 2 beams (use greedy for 1)")
@@ -101,7 +104,8 @@ class DecodingSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SettingsError(unknown[0], f"is not a decoding setting (known: {', '.join(sorted(known))})")
+            listed = ", ".join(sorted(known))
+            raise SettingsError(quote_value(unknown[0]), f"is not a decoding setting (known: {listed})")
         return cls(**{k: v for k, v in values.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,13 +141,13 @@ def _coerce(name: str, value: Any, kind: type) -> int | float:
         try:
             value = int(text) if kind is int and text.lstrip("+-").isdigit() else float(text)
         except ValueError:
-            raise SettingsError(name, f"must be a number (got {value!r})") from None
+            raise SettingsError(name, f"must be a number (got {quote_value(value)})") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SettingsError(name, f"must be a number (got {type(value).__name__} {value!r})")
+        raise SettingsError(name, f"must be a number (got {type(value).__name__} {quote_value(value)})")
     if isinstance(value, float) and not math.isfinite(value):
-        raise SettingsError(name, f"must be a finite number (got {value})")
+        raise SettingsError(name, f"must be a finite number (got {quote_value(value)})")
     if kind is int:
         if isinstance(value, float) and not value.is_integer():
-            raise SettingsError(name, f"must be a whole number (got {value})")
+            raise SettingsError(name, f"must be a whole number (got {quote_value(value)})")
         return int(value)
     return float(value)

@@ -6,7 +6,9 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .grounding import GROUNDING, GRID, PHRASE_CLOSE, PHRASE_OPEN, location_tokens, normalize_box
+from .geometry import GRID, clip_box, normalize_box
+from .grounding import GROUNDING, PHRASE_CLOSE, PHRASE_OPEN, location_tokens
+from .messages import invalid_unicode_at, quote_value
 from .settings import DecodingSettings
 
 MAX_TEXT_CHARS = 1000
@@ -67,7 +69,7 @@ class Request:
             object.__setattr__(self, "task", Task(self.task))
         except ValueError:
             choices = ", ".join(t.value for t in Task)
-            raise PromptError(f"Unknown task {self.task!r}; choose one of {choices}.") from None
+            raise PromptError(f"Unknown task {quote_value(self.task)}; choose one of {choices}.") from None
 
 
 # Markup a user may write in a custom prompt; everything else that the tokenizer
@@ -135,6 +137,12 @@ _TEXT_HINTS = {
 def _clean_text(text: str) -> str:
     if not isinstance(text, str):
         raise PromptError(f"The text must be a string, not {type(text).__name__}.")
+    bad = invalid_unicode_at(text)
+    if bad is not None:  # a lone surrogate: the tokenizer cannot take it
+        raise PromptError(
+            f"The text contains characters that are not valid Unicode (at position {bad}); "
+            "retype that part or paste it again from its source."
+        )
     text = " ".join(text.split())  # newlines and tabs would only confuse the model
     if len(text) > MAX_TEXT_CHARS:
         raise PromptError(f"The text is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}.")
@@ -145,7 +153,7 @@ def _refuse_markup(text: str) -> None:
     match = _CONTROL.search(text)
     if match:
         raise PromptError(
-            f"The text contains the model control token {match.group()!r}; remove it "
+            f"The text contains the model control token {quote_value(match.group())}; remove it "
             "(grounding markup is only accepted in the custom prompt task)."
         )
 
@@ -154,9 +162,11 @@ def _check_custom_markup(text: str) -> None:
     for match in _CONTROL.finditer(text):
         allowed = _ALLOWED_CUSTOM.fullmatch(match.group())
         if not allowed:
-            raise PromptError(f"The prompt contains {match.group()!r}, which only the processor may place.")
+            raise PromptError(f"The prompt contains {quote_value(match.group())}, which only the processor may place.")
         if allowed.group(1) is not None and int(allowed.group(1)) >= GRID * GRID:
-            raise PromptError(f"{match.group()!r} is not a location token: they run from 0000 to {GRID * GRID - 1}.")
+            raise PromptError(
+                f"{quote_value(match.group())} is not a location token: they run from 0000 to {GRID * GRID - 1}."
+            )
     for open_tag, close_tag in ((PHRASE_OPEN, PHRASE_CLOSE), ("<object>", "</object>")):
         depth = 0
         for tag in re.findall(re.escape(open_tag) + "|" + re.escape(close_tag), text):
@@ -182,17 +192,16 @@ def validate_box(box, image_size: tuple[int, int]) -> tuple[float, float, float,
     try:
         values = tuple(float(v) for v in box)
     except (TypeError, ValueError):
-        raise PromptError(f"The box must be four numbers x1,y1,x2,y2 (got {box!r}).") from None
+        raise PromptError(f"The box must be four numbers x1,y1,x2,y2 (got {quote_value(box)}).") from None
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise PromptError(f"The box must be four finite numbers x1,y1,x2,y2 (got {box!r}).")
-    x1, y1, x2, y2 = min(values[0], values[2]), min(values[1], values[3]), max(values[0], values[2]), max(values[1], values[3])
-    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
-    if x2 - x1 < 1 or y2 - y1 < 1:
+        raise PromptError(f"The box must be four finite numbers x1,y1,x2,y2 (got {quote_value(box)}).")
+    clipped = clip_box(values, image_size)
+    if clipped is None:
         raise PromptError(
             f"The box {tuple(round(v) for v in values)} does not cover any of the {width}x{height} image; "
             "give x1,y1,x2,y2 in pixels of the original image."
         )
-    return (x1, y1, x2, y2)
+    return clipped
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -205,7 +214,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
-        raise PromptError(f"The box must be four numbers x1,y1,x2,y2 (got {text!r}).") from None
+        raise PromptError(f"The box must be four numbers x1,y1,x2,y2 (got {quote_value(text)}).") from None
     if len(values) != 4:
         raise PromptError(f"The box must be four numbers x1,y1,x2,y2 (got {len(values)}).")
     return values

@@ -26,15 +26,31 @@ processor adds).
 """
 
 
-def build_tokenizer():
-    """An XLMRobertaTokenizer over :data:`VOCABULARY`: the same ids in every process."""
+MULTILINGUAL_SAMPLE = "这是什么图片？红色的圆形在哪里。ما هذه الصورة؟ أين الدائرة الحمراء؟ Wo ist der grüne Kreis? Größe, über, weiß."
+"""Text in Chinese, Arabic and German whose characters the tiny checkpoint can spell.
+
+The real model's XLM-R vocabulary covers these scripts; the toy's does not
+(it only knows its English shape captions). Tiny checkpoints add one piece per
+character of this sample, after the toy's vocabulary, so tests can push
+non-Latin text through the real tokenizer and processor without ``<unk>``.
+"""
+
+
+def build_tokenizer(extra_characters: str = ""):
+    """An XLMRobertaTokenizer over :data:`VOCABULARY` (plus one piece per new character): the same ids always."""
     from transformers import XLMRobertaTokenizer
 
     vocab = [tuple(entry) for entry in json.loads(VOCABULARY.read_text(encoding="utf-8"))]
+    known = {piece for piece, _ in vocab}
+    for character in dict.fromkeys(extra_characters):  # first occurrence order: deterministic
+        for piece in (character, "\u2581" + character):
+            if not character.isspace() and piece not in known:
+                vocab.append((piece, -20.0))
+                known.add(piece)
     return XLMRobertaTokenizer(vocab=vocab)
 
 
-def build_processor():
+def build_processor(extra_characters: str = ""):
     """The real Kosmos2Processor over a CLIP image processor that squashes to 224x224."""
     from transformers import CLIPImageProcessor, Kosmos2Processor
 
@@ -43,7 +59,7 @@ def build_processor():
         do_center_crop=False,
         crop_size={"height": 224, "width": 224},
     )
-    return Kosmos2Processor(image_processor, build_tokenizer())
+    return Kosmos2Processor(image_processor, build_tokenizer(extra_characters))
 
 
 def tiny_config(vocab_size: int, latent_query_num: int = 16):
@@ -80,7 +96,7 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, latent_query_num: 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    processor = build_processor()
+    processor = build_processor(MULTILINGUAL_SAMPLE)
     torch.manual_seed(seed)
     model = Kosmos2ForConditionalGeneration(tiny_config(len(processor.tokenizer), latent_query_num))
     model.save_pretrained(out)

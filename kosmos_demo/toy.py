@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .checkpoints import TOY_MARKER
-from .grounding import GRID, box_to_patch_indices, location_tokens
+from .geometry import GRID, box_iou, cell_overlap
+from .grounding import location_tokens
 
 
 SHAPES = ("square", "circle", "triangle")
@@ -639,27 +640,6 @@ def export(train_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -
 
 
 # --- evaluation ---------------------------------------------------------------
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes.
-
-    >>> round(box_iou((0, 0, 2, 2), (1, 1, 3, 3)), 4)
-    0.1429
-    """
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def cell_overlap(box: Sequence[float], side: int) -> np.ndarray:
-    """(side, side): the fraction of each grid cell covered by a normalised box."""
-    edges = np.arange(side + 1) / side
-    ox = np.clip(np.minimum(edges[1:], box[2]) - np.maximum(edges[:-1], box[0]), 0, None) * side
-    oy = np.clip(np.minimum(edges[1:], box[3]) - np.maximum(edges[:-1], box[1]), 0, None) * side
-    return oy[:, None] * ox[None, :]
 
 
 def heatmap_scores(heatmap: np.ndarray, box: Sequence[float]) -> tuple[float, bool]:

@@ -29,10 +29,11 @@ from . import ui_values as uv  # noqa: E402
 from .checkpoints import ASSETS, kind_of  # noqa: E402
 from .engine import EngineError, Partial  # noqa: E402
 from .export import export, overview, record  # noqa: E402
+from .geometry import clamp_point, scale_box  # noqa: E402
 from .images import ImageLoadError, load_image  # noqa: E402
 from .render import RegionAnnotator  # noqa: E402
 from .results import Result  # noqa: E402
-from .serving import RouteGuard, Scratch  # noqa: E402
+from .serving import LARGE_IMAGE_PIXELS, RouteGuard, Scratch, release_freed_memory  # noqa: E402
 from .settings import RANGES, STRATEGIES, STRATEGY_FIELDS, DecodingSettings, SettingsError  # noqa: E402
 from .tasks import MAX_TEXT_CHARS, PromptError, Task, build_prompt  # noqa: E402
 
@@ -53,6 +54,11 @@ MAX_FILE_SIZE = "20mb"
 
 DECODING_FIELDS = tuple(f.name for f in fields(DecodingSettings))
 STOPPED = "**Stopped.** Press Run to start again."
+STREAM_INTERVAL_S = 0.25
+"""The page's growing caption is updated at most this often (the first token at once). Each update costs
+the server about 10 ms of Gradio's own work (outputs, diff, event stream) that competes with the model
+for the CPU and the GIL: one per token made the tiny checkpoint's page run 5.5 times slower than
+``/describe`` (``python -m bench``, part f)."""
 WAITING = "Upload an image and press **Run**."
 USER_ERRORS = (PromptError, SettingsError, ImageLoadError, EngineError)
 """Exceptions whose message is written for the person using the app."""
@@ -132,6 +138,10 @@ _CSS = """
 """
 
 
+STATE_SESSIONS = 1000
+"""Sessions whose state Gradio keeps (its default, 10,000, is about 0.5 GB of config copies alone)."""
+
+
 def launch_options() -> dict[str, Any]:
     """Keyword arguments for ``demo.launch`` that belong to the app (theme, limits, files it may serve)."""
     theme = gr.themes.Soft(
@@ -149,6 +159,7 @@ def launch_options() -> dict[str, Any]:
         allowed_paths=[str(ASSETS)],
         share=False,
         app_kwargs={"middleware": [Middleware(RouteGuard)]},
+        state_session_capacity=STATE_SESSIONS,
     )
 
 
@@ -288,7 +299,7 @@ class KosmosApp:
             # The session's Stop flag when this runs in the app's process; under ZeroGPU (another
             # process) only closing the iterator stops it, which Gradio does when it cancels the event.
             cancel = self.stops.event(key) or threading.Event()
-            yield from self.engine.stream(image, request, cancel=cancel)
+            yield from self.engine.stream(image, request, cancel=cancel, interval_s=STREAM_INTERVAL_S)
 
         @gpu
         def describe_once(image: Image.Image, request) -> Result:
@@ -318,8 +329,11 @@ class KosmosApp:
             return None, None, f"\u26a0\ufe0f {html.escape(str(error), quote=False)}", None, WAITING
         display = self.scratch.new() / f"display-{uv.safe_name(path)}.png"
         uv.display_image(image).save(display)
-        width, height = image.size
-        return (str(display), Source(path, image.size, str(display), Path(path).name), "", None,
+        width, height = size = image.size
+        if width * height > LARGE_IMAGE_PIXELS:
+            del image
+            release_freed_memory()
+        return (str(display), Source(path, size, str(display), Path(path).name), "", None,
                 f"Image ready ({width}\u00d7{height}): press **Run**.")
 
     def view(self, source: Source | None, task, box, corner):
@@ -332,7 +346,7 @@ class KosmosApp:
         with Image.open(source.display) as opened:
             shown = opened.convert("RGB")
         display_size = shown.size
-        box_px = uv.scale_box(drawn_box, source.size, display_size) if drawn_box else None
+        box_px = scale_box(drawn_box, source.size, display_size) if drawn_box else None
         corner_px = (drawn_corner[0] * source.scale, drawn_corner[1] * source.scale) if drawn_corner else None
         return self.region.annotate(shown, box_px, corner_px)
 
@@ -347,7 +361,7 @@ class KosmosApp:
         if task not in {t.value for t in Task if t.needs_box}:
             gr.Info("To mark a region, first choose 'Describe a region' or 'Question about a region'.")
             return gr.skip(), gr.skip(), gr.skip()
-        point = uv.clamp_point(evt.index[0] / source.scale, evt.index[1] / source.scale, source.size)
+        point = clamp_point(evt.index[0] / source.scale, evt.index[1] / source.scale, source.size)
         if corner is None:
             corner = point
         else:
@@ -406,6 +420,9 @@ class KosmosApp:
         finally:
             stream.close()
             self.stops.finish(key, stopped)
+            if source.size[0] * source.size[1] > LARGE_IMAGE_PIXELS:
+                del image
+                release_freed_memory()
 
     def stop(self, session: gr.Request):
         """The Stop button: end this session's generation at the next step."""
@@ -493,7 +510,7 @@ class KosmosApp:
 
     # -- the public API ----------------------------------------------------------
 
-    def api_describe(
+    def describe_image(
         self,
         image: FileData,
         task: str = Task.BRIEF.value,
@@ -516,11 +533,8 @@ class KosmosApp:
 
         Args:
             image: the image (JPEG, PNG, WebP, GIF, BMP or TIFF), sent with gradio_client.handle_file(path_or_url).
-            task: brief (a short caption), detailed (a long one), phrase (find the boxes of `text`), vqa (answer
-                the question in `text`), region (describe the box), region-vqa (answer a question about the box)
-                or custom (`text` is the prompt).
-            text: the phrase, question or custom prompt the task needs
-                (region-vqa: the words for the box in [brackets], e.g. "What is [this] made of?").
+            task: brief (short caption), detailed (long caption), phrase (boxes of `text`), vqa (answer the question in `text`), region (describe `box`), region-vqa (answer `text` about `box`) or custom (`text` is the prompt).
+            text: the phrase, question or custom prompt the task needs; region-vqa puts the words for the box in [brackets], e.g. "What is [this] made of?".
             box: "x1,y1,x2,y2" in pixels of the image, for the region tasks; empty otherwise.
             grounding: custom prompts only: prepend <grounding> so the model emits boxes.
             strategy: greedy (default, as the official demo), beam (beam search) or sample.
@@ -536,9 +550,8 @@ class KosmosApp:
             seed: random seed for sampling (default 0).
 
         Returns:
-            The full-resolution image with the boxes drawn, the caption, and the entities JSON
-            (the CLI's schema: image name, text, entities with pixel boxes, tokens, timings).
-        """
+            The full-resolution image with the boxes drawn, the caption, and the entities JSON (the CLI's schema: image name, text, entities with pixel boxes, tokens, timings).
+        """  # noqa: E501  (one line per argument: Gradio's API page and MCP schema read only an argument's first line)
         decoding = {name: value for name, value in locals().items() if name in DECODING_FIELDS}
         try:
             path = self._uploaded_path(image)
@@ -777,7 +790,7 @@ def build_demo(engine, concurrency: int = 1, max_queue: int | None = 32,
         out["annotated"].select(app.isolate_box, inputs=[out["shown"], out["isolated"]], outputs=isolation, **ui)
         out["show_all"].click(app.show_all, inputs=out["shown"], outputs=isolation, **ui)
 
-        gr.api(app.api_describe, api_name="describe", concurrency_id="gpu", concurrency_limit="default")
+        gr.api(app.describe_image, api_name="describe", concurrency_id="gpu", concurrency_limit="default")
 
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 from PIL import Image
 
 from .export import safe_stem, token_label
+from .geometry import scale_box
 from .render import HeatmapAnnotator, entity_color, entity_label
 from .results import Result
 from .settings import DecodingSettings
@@ -101,16 +102,6 @@ def display_image(image: Image.Image) -> Image.Image:
 def safe_name(path: str) -> str:
     """A short file-name stem for a file the app writes about ``path``."""
     return safe_stem(Path(path).name, 40)
-
-
-def scale_box(box: Sequence[float], from_size: tuple[int, int], to_size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """A pixel box of an image of ``from_size`` -> the same box on ``to_size``, inside it, at least 1 px."""
-    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    x1, x2 = sorted((box[0] * sx, box[2] * sx))
-    y1, y2 = sorted((box[1] * sy, box[3] * sy))
-    x1, y1 = min(max(int(round(x1)), 0), to_size[0] - 1), min(max(int(round(y1)), 0), to_size[1] - 1)
-    x2, y2 = min(max(int(round(x2)), x1 + 1), to_size[0]), min(max(int(round(y2)), y1 + 1), to_size[1])
-    return x1, y1, x2, y2
 
 
 def region_marks(task: str, box: str | None, corner, size: tuple[int, int]):
@@ -256,11 +247,6 @@ def timings_markdown(result: Result) -> str:
     """Seconds per stage as a small Markdown table."""
     rows = "\n".join(f"| {html.escape(name)} | {seconds * 1000:.0f} ms |" for name, seconds in result.timings.items())
     return "| stage | time |\n|---|---|\n" + rows
-
-
-def clamp_point(x: float, y: float, size: tuple[int, int]) -> tuple[float, float]:
-    """A click position kept inside an image of ``size``."""
-    return min(max(float(x), 0.0), float(size[0])), min(max(float(y), 0.0), float(size[1]))
 
 
 def box_from_corners(a: Sequence[float], b: Sequence[float],

@@ -261,6 +261,26 @@ class Browser:
         response.raise_for_status()
         return {"path": response.json()[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
 
+    def describe(self, image: dict, **fields) -> tuple[str | None, object]:
+        """/describe through the raw HTTP API, its JSON in ASCII escapes so that lone surrogates get through
+        (gradio_client cannot encode them): -> ("complete", outputs) or ("error", message)."""
+        from kosmos_demo.settings import DecodingSettings
+
+        defaults = {"task": "brief", "text": "", "box": "", "grounding": True, **DecodingSettings().to_dict()}
+        data = [image, *(fields.get(name, default if name in ("task", "text", "box", "grounding") else None)
+                         for name, default in defaults.items())]
+        posted = self.http.post(self.api + "/call/describe", content=json.dumps({"data": data}),
+                                headers={"content-type": "application/json"})
+        posted.raise_for_status()
+        events = self.http.get(self.api + f"/call/describe/{posted.json()['event_id']}").text
+        event = payload = None
+        for line in events.splitlines():
+            if line.startswith("event:"):
+                event = line[len("event:"):].strip()
+            elif line.startswith("data:"):
+                payload = json.loads(line[len("data:"):])
+        return event, payload
+
     def join(self, fn_index: int, data: list) -> str:
         body = {"data": data, "fn_index": fn_index, "trigger_id": None, "session_hash": self.session,
                 "event_data": None}

@@ -93,7 +93,6 @@ def test_display_image_downscales_only():
     big, small = Image.new("RGB", (3000, 1500)), Image.new("RGB", (300, 200))
     assert uv.display_image(big).size == (1024, 512)
     assert uv.display_image(small).size == (512, 341)  # enlarged, so two clicks can mark a box on it
-    assert uv.scale_box((0, 0, 3000, 1500), (3000, 1500), (1024, 512)) == (0, 0, 1024, 512)
 
 
 def test_token_segments_one_clickable_segment_per_generated_token(fake_result):
@@ -168,7 +167,7 @@ def test_region_marks_only_for_region_tasks_and_boxes_on_the_image():
 def test_api_signature_covers_every_decoding_setting():
     from kosmos_demo.ui import DECODING_FIELDS, KosmosApp
 
-    params = inspect.signature(KosmosApp.api_describe).parameters
+    params = inspect.signature(KosmosApp.describe_image).parameters
     assert set(DECODING_FIELDS) <= set(params)
     assert all(params[name].default is None for name in DECODING_FIELDS)
 
@@ -235,7 +234,8 @@ def test_stop_and_close_really_stop_generation(handlers, rocket, app_engine):
 
     session = SimpleNamespace(session_hash="s2")
     for settings in ({}, {"strategy": "beam", "num_beams": 3}):
-        run = _run(handlers, session, rocket, task="brief", box="", max_new_tokens=400, **settings)
+        # min_new_tokens: random weights may say EOS after 84 tokens, before Stop is pressed
+        run = _run(handlers, session, rocket, task="brief", box="", max_new_tokens=400, min_new_tokens=400, **settings)
         next(run)
         said = []
         stopper = threading.Thread(target=lambda: (time.sleep(0.3), said.append(handlers.stop(session))))
@@ -246,7 +246,7 @@ def test_stop_and_close_really_stop_generation(handlers, rocket, app_engine):
         assert updates[-1].status == STOPPED, settings
         assert app_engine._lock.acquire(timeout=10), "generation kept running after Stop"
         app_engine._lock.release()
-    run = _run(handlers, session, rocket, task="brief", box="", max_new_tokens=400)
+    run = _run(handlers, session, rocket, task="brief", box="", max_new_tokens=400, min_new_tokens=400)
     next(run)
     next(run)
     run.close()  # what Gradio does when the Stop button cancels the event
@@ -388,6 +388,23 @@ def test_api_bad_inputs_get_clear_errors_and_the_app_keeps_serving(client, kwarg
     assert caption.startswith("An image of")
 
 
+def test_api_lone_surrogates_in_the_text_and_the_file_name(app_server):
+    import reliability_support as rs
+
+    url = app_server.url
+    page = rs.Browser(url)  # gradio_client cannot send a lone surrogate; JSON's \\ud800 escape can
+    try:
+        image = page.upload("a.png", rs.good_png())
+        event, payload = page.describe(image, task="vqa", text="what \ud800 is", max_new_tokens=2)
+        assert event == "error" and "not valid Unicode (at position 5)" in payload["error"], payload
+        event, payload = page.describe({**image, "orig_name": "a\ud800b.png"}, max_new_tokens=2)
+    finally:
+        page.close()
+    assert event == "complete", payload
+    _, caption, record = payload
+    assert record["image"] == "a\\ud800b.png" and caption == record["text"]
+
+
 def test_api_refuses_a_plain_path_instead_of_an_upload(client):
     from gradio_client.exceptions import AppError
 
@@ -459,7 +476,7 @@ def test_app_serves_a_tiny_checkpoint_with_the_preview_banner(app_checkpoint, tm
         port = sock.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--model", str(app_checkpoint), "--device", "cpu",
-         "--host", "127.0.0.1", "--port", str(port), "--concurrency", "2", "--max-queue", "4"],
+         "--host", "127.0.0.1", "--port", str(port), "--concurrency", "2", "--max-queue", "4", "--mcp"],
         env=_app_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -476,7 +493,67 @@ def test_app_serves_a_tiny_checkpoint_with_the_preview_banner(app_checkpoint, tm
         text = json.dumps(config)
         assert "random weights" in text and "preview-banner" in text
         assert "run-button" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/gradio_api/mcp/schema", timeout=10) as response:
+            tools = json.load(response)  # --mcp: /describe as a tool for LLM agents
+        assert [tool["name"] for tool in tools] == ["describe_image"]
+        properties = tools[0]["inputSchema"]["properties"]
+        from kosmos_demo.ui import KosmosApp
+
+        documented = inspect.signature(KosmosApp.describe_image).parameters.keys() - {"self"}
+        assert set(properties) == documented and tools[0]["inputSchema"]["required"] == ["image"]
+        assert all(len(properties[name].get("description", "")) > 10 for name in documented)
+        assert "region-vqa" in properties["task"]["description"] and "custom" in properties["task"]["description"]
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
     assert "Model loaded." in output
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound then closed: connecting to it is refused at once
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _unreachable_hub_env(tmp_path) -> dict:
+    env = {key: value for key, value in _app_env().items() if key not in ("HF_HUB_OFFLINE", "KOSMOS_MODEL")}
+    return {**env, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HOME": str(tmp_path / "hf-home"),
+            "HF_HUB_CACHE": str(tmp_path / "hub")}
+
+
+def test_app_without_the_hub_says_so_at_once_instead_of_retrying(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "--device", "cpu"], capture_output=True, text=True,
+                          timeout=120, env=_unreachable_hub_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Retrying" not in done.stderr  # huggingface_hub's five retries took about 25 s
+    assert "could not reach 127.0.0.1" in done.stderr and "not in the local cache" in done.stderr
+    assert "--model toy" in done.stderr and "hf download" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_model_downloaded_before_loads_from_the_cache_when_the_hub_is_unreachable(tiny_checkpoint, tmp_path):
+    import shutil
+
+    repo = tmp_path / "hub" / "models--microsoft--kosmos-2-patch14-224"
+    revision = "0" * 40
+    shutil.copytree(tiny_checkpoint, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    script = ("from kosmos_demo.engine import Kosmos2Engine; "
+              "e = Kosmos2Engine.load('microsoft/kosmos-2-patch14-224', device='cpu', pack=False); "
+              "print('served', e.model.config.kosmos_demo_tiny_random)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env=_unreachable_hub_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "served True" in done.stdout and "Retrying" not in done.stderr
+
+
+def test_app_asked_for_mcp_without_the_extra_says_what_to_install(tmp_path):
+    script = ("import importlib.util, sys; real = importlib.util.find_spec; "
+              "importlib.util.find_spec = lambda name, *a: None if name == 'mcp' else real(name, *a); "
+              "from kosmos_demo.server import main; sys.exit(main(['--mcp', '--model', '/nonexistent']))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=_app_env(), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "pip install 'gradio[mcp]'" in done.stderr and "Traceback" not in done.stderr

@@ -17,7 +17,7 @@ HAND_WRITTEN = (
 
 def _args(out, checkpoint, *extra):
     return ["--size", "tiny", "--tokens", "3", "--runs", "1", "--warmup", "0", "--batch", "2",
-            "--leak-runs", "3", "--skip", "load", "--checkpoint", str(checkpoint), "--out", str(out), *extra]
+            "--leak-runs", "3", "--page-tokens", "3,5", "--skip", "load", "--checkpoint", str(checkpoint), "--out", str(out), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,14 @@ def test_every_part_reports_into_its_own_section(tiny_run):
     assert "the full-size table" in text  # and so does another size's section
     section = text.split("<!-- bench:tiny:begin -->")[1].split("<!-- bench:tiny:end -->")[0]
     assert "`python -m bench --size tiny --tokens 3" in section
-    for needle in ("| a |", "| b |", "| c |", "Batch (d)", "App (e)", "Heatmap memory", "Heatmap recording cost",
+    for needle in ("| a |", "| b |", "| c |", "Batch (d)", "App (e)", "Page (f)", "| 5 |", "Heatmap memory", "Heatmap recording cost",
                    "Leak check", "Peak RSS", "torch 2", "transformers", "gradio", "Machine load", "| b/a <= 1.05 |"):
         assert needle in section, needle
 
 
 def test_a_second_run_replaces_its_section(tiny_run):
     _, out, checkpoint = tiny_run
-    assert main(_args(out, checkpoint, "--skip", "a,b,c,d,e,leak")) == 0
+    assert main(_args(out, checkpoint, "--skip", "a,b,c,d,e,f,leak")) == 0
     text = out.read_text()
     assert text.count("<!-- bench:tiny:begin -->") == 1
     assert text.count("<!-- bench:full:begin -->") == 1
@@ -70,8 +70,15 @@ def test_quantizing_without_bitsandbytes_exits_with_code_2(tmp_path, capsys):
 def test_unknown_parts_to_skip_are_refused():
     assert parse_skip(["e", "load,leak"]) == {"e", "load", "leak"}
     with pytest.raises(SystemExit) as exit_info:
-        parse_skip(["f"])
+        parse_skip(["g"])
     assert exit_info.value.code == 2
+
+
+def test_page_tokens_that_are_not_whole_numbers_are_refused(tmp_path, capsys):
+    for value in ("", "32,x", "0,256"):
+        assert main(["--size", "tiny", "--page-tokens", value, "--out", str(tmp_path / "B.md")]) == 2
+        assert "--page-tokens" in capsys.readouterr().err
+    assert not (tmp_path / "B.md").exists()
 
 
 def test_the_token_clock_speaks_streamer_and_logits_processor():

@@ -321,9 +321,12 @@ def test_a_bad_file_gets_the_apps_message_and_the_page_keeps_serving(page, tmp_p
 
 
 def test_webcam_and_examples_feed_the_same_checks(page):
+    _upload(page, RED_CIRCLE)  # on its own or after any other test: an image to remove
     page.locator("#input-image button[aria-label='Remove Image']").click()
     page.locator("#input-image button[aria-label='Capture from camera']").click()
     page.get_by_text("Click to Access Webcam").click()
+    # Gradio ignores a capture before the stream has a frame size, as a person sees nothing to capture yet
+    page.wait_for_function("document.querySelector('#input-image video')?.videoWidth > 0")
     page.locator("#input-image button[aria-label='capture photo']").click()
     page.wait_for_function("document.querySelector('#input-image img')?.src.includes('display-')")
     page.get_by_label("Brief caption", exact=True).check()
@@ -388,7 +391,10 @@ def test_screenshots_at_desktop_and_phone_size(browser, toy_server, page):
         phone.context.close()
 
 
-def test_the_tiny_checkpoint_says_its_output_is_noise(browser, app_server):
+MULTILINGUAL = ("红色的圆形在哪里？", "أين الدائرة الحمراء؟", "Wo ist der grüne Kreis?")
+
+
+def test_the_tiny_checkpoint_says_its_output_is_noise_and_takes_other_scripts(browser, app_server):
     tiny = _open(browser, app_server.url)
     try:
         assert "random weights" in tiny.inner_text("#preview-banner")
@@ -396,5 +402,14 @@ def test_the_tiny_checkpoint_says_its_output_is_noise(browser, app_server):
         tiny.locator("#prompt-preview").click()
         assert _run(tiny, lambda: tiny.keyboard.press("Control+Enter")).startswith("Done")  # the shortcut runs
         assert _caption(tiny).startswith("An image of")
+        tiny.locator("#decoding").get_by_text("Decoding settings").click()
+        _set(tiny, "decoding-max_new_tokens", 3)
+        tiny.get_by_label("Question answering", exact=True).check()
+        for question in MULTILINGUAL:  # the tiny tokenizer spells these scripts; the toy's does not
+            _set(tiny, "task-text", question)
+            tiny.wait_for_function(f"document.querySelector('#prompt-preview textarea').value.includes({question!r})")
+            assert _run(tiny).startswith("Done")
+            assert _caption(tiny).startswith(f"Question: {question} Answer:")
+            _no_error_badges(tiny)
     finally:
         tiny.context.close()

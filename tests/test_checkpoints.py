@@ -27,3 +27,35 @@ def test_sources_resolve_shortcuts_then_the_environment_then_the_hub(monkeypatch
     assert resolve_source("toy") == str(SHORTCUTS["toy"]) and (SHORTCUTS["toy"] / "config.json").is_file()
     monkeypatch.setenv("KOSMOS_MODEL", "/some/folder")
     assert resolve_source() == "/some/folder" and resolve_source("other/model") == "other/model"
+
+
+def test_hub_ids_are_told_from_folders(tmp_path, monkeypatch):
+    from kosmos_demo.checkpoints import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id("microsoft/kosmos-2-patch14-224")
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    assert not is_hub_id("owner/name")  # an existing folder wins, as in from_pretrained
+    assert not is_hub_id("/abs/path") and not is_hub_id("./rel") and not is_hub_id("toy-folder")
+
+
+def test_an_unreachable_hub_is_named_without_waiting_for_retries(monkeypatch):
+    import socket
+
+    from kosmos_demo.checkpoints import hub_unreachable
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub_unreachable().startswith(f"could not reach 127.0.0.1:{port}")
+    with socket.socket() as server:  # a listening endpoint is reachable
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_unreachable() is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # a direct probe would misjudge a proxy
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub_unreachable() is None

@@ -6,58 +6,18 @@ import threading
 import numpy as np
 import pytest
 import torch
+from forcing import CONTINUATION, ForceTokens, forced_describe, token_ids  # noqa: F401
 from PIL import Image
 from transformers import Kosmos2ForConditionalGeneration, LogitsProcessor
 
 from kosmos_demo import attention
 from kosmos_demo.attention import ImageAttentionRecorder, projection_attentions, token_heatmaps
 from kosmos_demo.checkpoints import kind_of
-from kosmos_demo.grounding import split_markup
 from kosmos_demo.engine import Kosmos2Engine, ModelLoadError, Partial, get_engine
 from kosmos_demo.images import ImageLoadError
 from kosmos_demo.results import Result
 from kosmos_demo.settings import DecodingSettings
 from kosmos_demo.tasks import PromptError, Request, Task
-
-CONTINUATION = (
-    "<phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object> warming himself by"
-    "<phrase> a fire</phrase><object><patch_index_0005><patch_index_0911></object>."
-)
-
-
-class ForceTokens(LogitsProcessor):
-    """Makes real generation emit ``ids`` (then EOS), whatever the random weights say."""
-
-    def __init__(self, ids, eos_id, prompt_length):
-        self.ids, self.eos_id, self.prompt_length = list(ids), eos_id, prompt_length
-
-    def __call__(self, input_ids, scores):
-        step = input_ids.shape[1] - self.prompt_length
-        target = self.ids[step] if step < len(self.ids) else self.eos_id
-        forced = torch.full_like(scores, -float("inf"))
-        forced[:, target] = 0.0
-        return forced
-
-
-def token_ids(tokenizer, text):
-    """Ids as the model would emit them: text right after a tag gets no word-start marker."""
-    ids = []
-    for kind, piece in split_markup(text):
-        if kind != "text":
-            ids.append(tokenizer.convert_tokens_to_ids(piece))
-            continue
-        tokens = tokenizer.tokenize(piece)
-        if not piece.startswith(" ") and tokens and tokens[0].startswith("▁"):
-            tokens = tokens[1:] if tokens[0] == "▁" else [tokens[0][1:]] + tokens[1:]
-        ids.extend(tokenizer.convert_tokens_to_ids(tokens))
-    return ids
-
-
-def forced_describe(engine, image, request, text=CONTINUATION):
-    tokenizer = engine.processor.tokenizer
-    ids = token_ids(tokenizer, text)
-    prompt_length = engine.preprocess([image], [request]).inputs["input_ids"].shape[1]
-    return engine.describe(image, request, logits_processors=[ForceTokens(ids, tokenizer.eos_token_id, prompt_length)]), ids
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +116,26 @@ def test_quantization_is_checked_before_anything_loads(tiny_checkpoint):
             Kosmos2Engine.load(str(tiny_checkpoint), device="cpu", quantize="8bit")
     else:
         assert quantization_config("4bit", torch.float16).bnb_4bit_quant_type == "nf4"
+
+
+@pytest.mark.parametrize("check", ["device", "cuda device", "dtype", "quantization", "hub id"])
+def test_a_long_device_dtype_or_model_is_quoted_short(check):
+    from kosmos_demo.engine import EngineError, _load_failure, quantization_config, resolve_device, resolve_dtype
+
+    long = "x" * 100_000
+    with pytest.raises(EngineError) as caught:
+        if check == "device":
+            resolve_device(long)
+        elif check == "cuda device" and not torch.cuda.is_available():
+            resolve_device("cuda:" + "9" * 4000)
+        elif check == "dtype":
+            resolve_dtype(long)
+        elif check == "quantization":
+            quantization_config(long, torch.float16)
+        else:
+            raise _load_failure("a/" + long[:-2], OSError("not found"))
+    message = str(caught.value)
+    assert len(message) < 1500 and "x" * 200 not in message and "9" * 200 not in message
 
 
 def test_beam_search_heatmaps_come_from_one_teacher_forced_pass(tiny_engine, image):

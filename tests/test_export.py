@@ -50,3 +50,10 @@ def test_names_from_hostile_or_odd_file_names_stay_plain():
     assert safe_stem("\ud800\udcff.jpg") == "image" and safe_stem("") == "image"
     assert safe_stem("a" * 300 + ".png") == "a" * 80
     assert token_label(Token("<patch_index_0044>", "location", None, True, 0)) == "\u2039loc 44\u203a"
+
+
+def test_a_file_name_that_is_not_valid_unicode_still_exports(tmp_path):
+    written = export(tmp_path, Image.new("RGB", (200, 100)), _result(), "a\ud800b.png")
+    assert [Path(p).name for p in written.files()[:2]] == ["annotated-a_b.png", "entities-a_b.json"]
+    assert json.loads(written.entities.read_text(encoding="utf-8"))["image"] == "a\\ud800b.png"
+    assert record(_result(), "b\udcff\udcfe.png")["image"] == "b\\xff\\xfe.png"

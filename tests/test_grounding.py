@@ -6,16 +6,8 @@ from transformers.models.kosmos2.processing_kosmos2 import (
     coordinate_to_patch_index,
 )
 
-from kosmos_demo.grounding import (
-    GRID,
-    box_to_patch_indices,
-    location_tokens,
-    normalize_box,
-    parse_grounded,
-    patch_indices_to_box,
-    split_markup,
-    to_pixels,
-)
+from kosmos_demo.geometry import GRID, box_to_patch_indices, normalize_box, patch_indices_to_box, to_pixels
+from kosmos_demo.grounding import location_tokens, parse_grounded, split_markup
 
 SNOWMAN = (
     "<grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object> "
@@ -95,6 +87,29 @@ def test_multiple_boxes_for_one_phrase():
     )
     (entity,) = parse_grounded(split_markup(raw)).entities
     assert len(entity.boxes) == 2 and entity.complete
+
+
+SNOWMAN_BOX = (0.390625, 0.046875, 0.984375, 0.828125)  # cells 44 and 863
+D = "</delimiter_of_multi_objects/>"
+
+
+@pytest.mark.parametrize(
+    "inside,boxes",
+    [
+        ("", ()),  # an empty object: no box at all
+        ("<patch_index_0001>" + D + "<patch_index_0044><patch_index_0863>", (SNOWMAN_BOX,)),  # a lone corner
+        (D + "<patch_index_0044><patch_index_0863>", (SNOWMAN_BOX,)),  # an empty slot before the delimiter
+        ("<patch_index_0044><patch_index_0863>" + D, (SNOWMAN_BOX,)),  # ... and after it
+        ("<patch_index_1500><patch_index_0100>", ()),  # off the 32x32 grid: no box invented (1500 % 1024 = 476)
+        ("<patch_index_0044><patch_index_0863>" + D + "<patch_index_0005><patch_index_9999>", (SNOWMAN_BOX,)),
+    ],
+    ids=["empty", "lone corner", "leading delimiter", "trailing delimiter", "index 1500", "index 9999"],
+)
+def test_malformed_objects_are_incomplete_and_keep_only_real_boxes(inside, boxes):
+    raw = f"An image of<phrase> a cat</phrase><object>{inside}</object> here."
+    (entity,) = parse_grounded(split_markup(raw)).entities
+    assert entity.phrase == "a cat" and entity.boxes == boxes
+    assert not entity.complete
 
 
 def test_phrase_followed_by_words_then_object_is_not_linked():

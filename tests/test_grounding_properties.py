@@ -1,23 +1,21 @@
 """Property-based checks of the grounding parser and the box geometry."""
 
+import re
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kosmos_demo.grounding import (
     DELIMITER,
-    GRID,
     OBJECT_CLOSE,
     OBJECT_OPEN,
     PHRASE_CLOSE,
     PHRASE_OPEN,
     TAG_TOKENS,
-    box_to_patch_indices,
-    normalize_box,
     parse_grounded,
-    patch_indices_to_box,
     split_markup,
-    to_pixels,
 )
+from kosmos_demo.geometry import GRID, box_to_patch_indices, normalize_box, patch_indices_to_box, to_pixels
 
 location = st.integers(0, GRID * GRID - 1).map(lambda i: ("location", f"<patch_index_{i:04d}>"))
 tag = st.sampled_from(TAG_TOKENS + (PHRASE_OPEN, PHRASE_CLOSE, OBJECT_OPEN, OBJECT_CLOSE, DELIMITER)).map(lambda t: ("tag", t))
@@ -117,3 +115,14 @@ def test_pixel_box_through_prompt_text_and_back_within_one_cell(size, a, b, c, d
     for got, want, side in zip(back, normalized, (width, height, width, height)):
         assert abs(got - want * side) <= side / GRID + 1
     assert back[0] <= back[2] and back[1] <= back[3]
+
+
+@settings(max_examples=400, deadline=None)
+@given(dense_raw)
+def test_every_box_comes_from_two_cells_on_the_grid_and_complete_means_boxes(raw):
+    """No box from an index outside 0..1023 (no wrapping), and an entity that says complete has a box."""
+    cells = {int(i) for i in re.findall(r"<patch_index_(\d{4})>", raw) if int(i) < GRID * GRID}
+    possible = {patch_indices_to_box(a, b) for a in cells for b in cells}
+    for entity in parse_grounded(split_markup(raw)).entities:
+        assert set(entity.boxes) <= possible
+        assert entity.boxes or not entity.complete

@@ -22,11 +22,15 @@ from typing import Callable
 import pytest
 import reliability_support as rs
 
+from kosmos_demo.messages import invalid_unicode_at
+
 SURFACES = ("engine", "cli", "app")
 SHORT = 3
 """max_new_tokens of every case that does not set its own."""
 
 SETTINGS_OK = "ok"
+LONG = 100_000
+"""Characters of the 100 KB values: a message may quote a short prefix, never the value."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,15 @@ CASES: list[Case] = [
          expected=r"'</s>', which only the processor may place"),
     Case("NUL and bidi control characters", G, fields={"task": "custom", "text": "a\x00b \u202e\u200b abc"},
          surfaces=("engine", "app"), note="argv cannot carry NUL"),
+    Case("lone surrogate in a question", G, fields={"task": "vqa", "text": "what \ud800 is"},
+         expected=r"not valid Unicode \(at position 5\)"),
+    Case("lone surrogate in a phrase", G, fields={"task": "phrase", "text": "a \udcff cat"},
+         expected=r"not valid Unicode \(at position 2\)"),
+    Case("lone surrogate in a custom prompt", G, fields={"task": "custom", "text": "An image \udfff of"},
+         expected=r"not valid Unicode \(at position 9\)"),
     Case("box that is not numbers", G, fields={"task": "region", "box": "a,b,c,d"}, expected=r"four numbers"),
+    Case("100 KB box", G, fields={"task": "region", "box": "1,2,x" + "9" * LONG}, expected=r"four numbers"),
+    Case("100 KB task", G, fields={"task": "x" * LONG}, expected=r"Unknown task|invalid choice"),
     Case("box outside the image", G, fields={"task": "region", "box": "1000,1000,2000,2000"},
          expected=r"does not cover any of the 64x48 image"),
     Case("region question without [brackets]", G,
@@ -144,6 +156,11 @@ CASES: list[Case] = [
     Case("negative seed", G, fields={"seed": -1}, expected=r"seed: must be between 0 and 4294967295"),
     Case("unknown strategy", G, fields={"strategy": "nucleus"},
          expected=r"strategy: (must be one of greedy, beam, sample|invalid choice: 'nucleus')"),
+    Case("100 KB strategy", G, fields={"strategy": "x" * LONG},
+         expected=r"strategy: must be one of|--strategy: invalid choice"),
+    Case("100 KB max_new_tokens", G, fields={"max_new_tokens": "9" * LONG}, expected=r"max_new_tokens: must be"),
+    Case("4000-digit top_k", G, fields={"strategy": "sample", "top_k": "9" * 4000},
+         expected=r"top_k: must be between 0 and 1000"),
     Case("min_new_tokens above max_new_tokens", G, fields={"min_new_tokens": 9, "max_new_tokens": 3},
          expected=r"min_new_tokens: must not exceed max_new_tokens"),
     Case("8 beams, the most allowed", G, fields={"strategy": "beam", "num_beams": 8}),
@@ -203,6 +220,9 @@ def _check(case: Case, outcome: Outcome, surface: str) -> None:
         assert re.search(case.expected, outcome.message), f"{case.name} via {surface}: {outcome.message!r}"
         assert len(outcome.message) < 600, "a message is a sentence, not a dump"
         assert "<script>" * 2 not in outcome.message, "the user's text must not be echoed back at length"
+        for value in case.fields.values():
+            assert not (isinstance(value, str) and len(value) > 100 and value[:100] in outcome.message), \
+                "a long value must not be echoed back"
 
 
 # --------------------------------------------------------------------------- engine
@@ -377,6 +397,8 @@ def app_surface(app_server, tmp_path_factory):
         fields, decoding = _split(case.fields)
         # JSON has no NaN or Infinity: a JSON client can only send them as text
         decoding = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in decoding.items()}
+        if any(isinstance(v, str) and invalid_unicode_at(v) is not None for v in case.fields.values()):
+            return _raw_app_outcome(url, case, {**fields, **decoding})  # gradio_client cannot encode them
         path = folder / f"{NAMES.index(case.name):02d}-upload{case.suffix}"
         path.write_bytes(case.image())
         try:
@@ -395,6 +417,21 @@ def app_surface(app_server, tmp_path_factory):
 
     yield run, good_request
     client.close()
+
+
+def _raw_app_outcome(url: str, case: Case, fields: dict) -> Outcome:
+    """A case through the raw HTTP API, its JSON in ASCII escapes (for lone surrogates)."""
+    page = rs.Browser(url)
+    try:
+        event, payload = page.describe(page.upload(f"upload{case.suffix}", case.image()), **fields)
+    finally:
+        page.close()
+    if event == "error":
+        raw = payload["error"]
+        assert "<" not in raw and ">" not in raw, f"unescaped text in an HTML-rendered message: {raw!r}"
+        return Outcome("error", html.unescape(raw))
+    assert event == "complete", payload
+    return _from_record(payload[2])
 
 
 # --------------------------------------------------------------------------- the table x surfaces

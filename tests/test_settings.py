@@ -61,3 +61,18 @@ def test_loose_input_is_coerced():
 def test_min_over_max_refused():
     with pytest.raises(SettingsError, match="min_new_tokens"):
         DecodingSettings(max_new_tokens=4, min_new_tokens=8)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"strategy": "x" * 100_000}, {"max_new_tokens": "9" * 100_000}, {"max_new_tokens": "lots" * 25_000},
+     {"strategy": "sample", "top_k": "9" * 4000}, {"strategy": "sample", "top_k": int("9" * 4000)},
+     {"temperature": [0.5] * 50_000}, {"x" * 100_000: 1}],
+    ids=["strategy", "max_new_tokens digits", "max_new_tokens text", "top_k digits", "top_k int", "list", "key"],
+)
+def test_a_long_value_is_quoted_short(fields):
+    with pytest.raises(SettingsError) as caught:
+        DecodingSettings.from_mapping(fields)
+    message = str(caught.value)
+    assert len(message) < 600 and "9" * 100 not in message and "x" * 100 not in message
+    assert "\u2026" in message  # it says it was cut

@@ -100,3 +100,27 @@ def test_parse_box():
 def test_unknown_task():
     with pytest.raises(PromptError, match="Unknown task"):
         Request(task="poem")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: parse_box("x" * 100_000), lambda: parse_box("1,2,x" + "9" * 100_000),
+     lambda: validate_box(["x" * 100_000] * 4, SIZE), lambda: validate_box((1.0,) * 50_000, SIZE),
+     lambda: Request(task="x" * 100_000),
+     lambda: build_prompt(Request(Task.CUSTOM, text="<patch_index_" + "9" * 900 + ">"), SIZE),
+     lambda: build_prompt(Request(Task.VQA, text="<patch_index_" + "9" * 900 + ">"), SIZE)],
+    ids=["box text", "box digits", "box strings", "box of 50000 numbers", "task", "custom location", "question"],
+)
+def test_a_long_value_is_quoted_short(make):
+    with pytest.raises(PromptError) as caught:
+        make()
+    message = str(caught.value)
+    assert len(message) < 600 and "9" * 100 not in message and "x" * 100 not in message
+
+
+@pytest.mark.parametrize("task", [Task.PHRASE, Task.VQA, Task.CUSTOM, Task.REGION_VQA])
+@pytest.mark.parametrize("text,position", [("what \ud800 is [it]", 5), ("[a] \udcff", 4), ("\udfff[x]", 0)])
+def test_text_that_is_not_valid_unicode_is_refused(task, text, position):
+    with pytest.raises(PromptError, match=rf"not valid Unicode \(at position {position}\)") as caught:
+        build_prompt(Request(task, text=text, box=(0, 0, 10, 10)), SIZE)
+    str(caught.value).encode("utf-8")  # the message itself is valid

@@ -7,6 +7,7 @@ import pytest
 
 from kosmos_demo import toy
 from kosmos_demo.checkpoints import TOY, kind_of
+from kosmos_demo.geometry import box_iou, cell_overlap
 
 SHIPPED = Path(__file__).resolve().parent.parent / "kosmos_demo" / "assets" / "toy-model"
 
@@ -46,7 +47,7 @@ def test_boxes_match_the_drawn_pixels(seed):
         assert fill == pytest.approx(expected, abs=0.08)
     boxes = [s.box for s in scene.shapes]
     assert boxes == sorted(boxes)  # captions name shapes left to right
-    assert all(toy.box_iou(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert all(box_iou(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
 def test_caption_markup_parses_back_to_the_boxes():
@@ -56,7 +57,7 @@ def test_caption_markup_parses_back_to_the_boxes():
     parsed = parse_grounded(split_markup(toy.PROMPT_CAPTION + scene.caption()))
     assert [e.phrase for e in parsed.entities] == [f"{s.article} {s.name}" for s in scene.shapes]
     for entity, shape in zip(parsed.entities, scene.shapes):
-        assert toy.box_iou(entity.boxes[0], shape.box) > 0.7  # 32x32 cells, centres
+        assert box_iou(entity.boxes[0], shape.box) > 0.7  # 32x32 cells, centres
 
 
 _TINY_SHAPE = dict(vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1, text_heads=2,
@@ -165,7 +166,7 @@ def test_name_attention_targets_point_the_rows_that_name_a_shape_at_its_box():
     assert text == region.target.strip(" .").replace(" ", "")
     assert named(2) == ([], "")  # phrase grounding: the phrase is in the prompt, nothing to name
 
-    first_phrase = toy.cell_overlap(caption.scene.shapes[0].box, 8).reshape(-1)
+    first_phrase = cell_overlap(caption.scene.shapes[0].box, 8).reshape(-1)
     row = int((targets[0].sum(dim=-1) > 0).nonzero()[0, 0])  # predicts the first phrase's first word
     assert float(targets[0, row].sum()) == pytest.approx(1.0)
     assert np.allclose(targets[0, row].numpy(), first_phrase / first_phrase.sum())
@@ -173,7 +174,7 @@ def test_name_attention_targets_point_the_rows_that_name_a_shape_at_its_box():
 
 def test_cell_overlap_and_heatmap_scores():
     box = (0.25, 0.25, 0.75, 0.5)
-    overlap = toy.cell_overlap(box, 4)
+    overlap = cell_overlap(box, 4)
     assert overlap.sum() == pytest.approx(0.5 * 0.25 * 16)
     heat = np.zeros((4, 4))
     heat[1, 1] = 1.0
