@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-TESTED_TRANSFORMERS = ">=5.23.0,<5.26"
+TESTED_TRANSFORMERS = ">=5.24.0,<5.26"
 """The transformers releases the suite has passed on; requirements.txt and pyproject.toml carry the same range."""
 
 LOADING = {"use_kernels": False}

@@ -132,7 +132,7 @@ def _load_failure(source: str, reason: BaseException | str) -> ModelLoadError:
                   f"folder written by save_pretrained with config.json, the weights and the processor files, for "
                   f"example `hf download {DEFAULT_MODEL} --local-dir DIR` run on a machine with network. {preview}")
     else:
-        advice = (f"The checkpoint is missing or incomplete: --model (or {MODEL_ENV}) must name a folder written by "
+        advice = (f"This is not a complete, readable Kosmos-2 checkpoint: --model (or {MODEL_ENV}) must name a folder written by "
                   f"save_pretrained, with config.json, the weights and the processor files; copy it again, or fetch "
                   f"it with `hf download {DEFAULT_MODEL} --local-dir DIR` on a machine with network. {preview}")
     return ModelLoadError(f"Could not load Kosmos-2 from {tried}: {why}. {advice}")
@@ -191,7 +191,7 @@ class Partial:
 _LEFT_PADDING: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("left_padding", default=None)
 
 
-_CACHE_LENGTH_KEYWORDS = ("cache_length", "past_key_values_length")  # 5.24 renamed the second to the first
+_CACHE_LENGTH_KEYWORD = "cache_length"  # past_key_values_length before 5.24
 
 
 def _hook_position_embedding(embed_positions):
@@ -204,12 +204,11 @@ def _hook_position_embedding(embed_positions):
     import inspect
 
     parameters = inspect.signature(embed_positions.forward).parameters
-    keyword = next((name for name in _CACHE_LENGTH_KEYWORDS if name in parameters), None)
-    missing = [name for name in ("input_ids", "position_ids") if name not in parameters]
-    if keyword is None or missing or not isinstance(getattr(embed_positions, "padding_idx", None), int):
+    keyword = _CACHE_LENGTH_KEYWORD
+    missing = [name for name in ("input_ids", "position_ids", keyword) if name not in parameters]
+    if missing or not isinstance(getattr(embed_positions, "padding_idx", None), int):
         raise assumption_failed(
-            "the text position embedding takes input_ids, position_ids and one of "
-            f"{'/'.join(_CACHE_LENGTH_KEYWORDS)}, and has an int padding_idx",
+            f"the text position embedding takes input_ids, position_ids and {keyword}, and has an int padding_idx",
             f"forward({', '.join(parameters)}), padding_idx={type(getattr(embed_positions, 'padding_idx', None)).__name__}",
         )
 

@@ -82,7 +82,7 @@ def test_a_bad_checkpoint_is_blamed_not_the_network(copied_checkpoint, breaks, r
         source = copied_checkpoint / "nowhere"
     message = _load_error(source)
     assert message.startswith(f"Could not load Kosmos-2 from the local folder {source}: ")
-    assert reason in message and "The checkpoint is missing or incomplete" in message
+    assert reason in message and "This is not a complete, readable Kosmos-2 checkpoint" in message
     assert "--model toy" in message
     assert not any(blame in message for blame in NETWORK_BLAME), message
 
