@@ -24,7 +24,8 @@ from PIL import Image
 
 from . import DEFAULT_MODEL, checkpoints, cpu_linear
 from .checkpoints import MODEL_ENV, resolve_source
-from .compat import assumption_failed, classify_load_failure, load_kosmos2, transformers_version
+from .compat import (TransformersAssumptionError, assumption_failed, classify_load_failure, load_kosmos2,
+                     transformers_version)
 from .attention import ATTENTION_IMPLEMENTATION, ImageAttentionRecorder, token_heatmaps
 from .detokenize import PieceDecoder
 from .geometry import normalize_box, to_pixels
@@ -132,9 +133,9 @@ def _load_failure(source: str, reason: BaseException | str) -> ModelLoadError:
                   f"folder written by save_pretrained with config.json, the weights and the processor files, for "
                   f"example `hf download {DEFAULT_MODEL} --local-dir DIR` run on a machine with network. {preview}")
     else:
-        advice = (f"This is not a complete, readable Kosmos-2 checkpoint: --model (or {MODEL_ENV}) must name a folder written by "
-                  f"save_pretrained, with config.json, the weights and the processor files; copy it again, or fetch "
-                  f"it with `hf download {DEFAULT_MODEL} --local-dir DIR` on a machine with network. {preview}")
+        advice = (f"This is not a complete, readable Kosmos-2 checkpoint: --model (or {MODEL_ENV}) must name a "
+                  f"folder written by save_pretrained, with config.json, the weights and the processor files; copy it "
+                  f"again, or fetch it with `hf download {DEFAULT_MODEL} --local-dir DIR` on a machine with network. {preview}")
     return ModelLoadError(f"Could not load Kosmos-2 from {tried}: {why}. {advice}")
 
 
@@ -401,7 +402,10 @@ class Kosmos2Engine:
         elif pack and target.type == "cpu" and (reason := cpu_linear.unavailable_reason(target, torch_dtype)):
             say(f"Keeping the stock linear layers: {reason}.")
         say("Model loaded.")
-        return cls(net, processor, source=source)
+        try:
+            return cls(net, processor, source=source)
+        except TransformersAssumptionError as error:  # a release that broke a checked internal: say so at start-up
+            raise ModelLoadError(str(error)) from error
 
     @functools.cached_property
     def max_new_tokens_limit(self) -> int:

@@ -192,3 +192,13 @@ def test_the_recorder_wraps_transformers_own_sdpa():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward  # only to show it is the same
 
     assert attention._SDPA is sdpa_attention_forward
+
+
+def test_a_broken_internal_stops_the_load_with_the_diagnosis(tiny_checkpoint, monkeypatch):
+    """What app.py and the CLI print at start-up: the one line, as a ModelLoadError, not a traceback."""
+    from kosmos_demo.engine import ModelLoadError
+
+    monkeypatch.setattr(engine, "_CACHE_LENGTH_KEYWORD", "past_length")  # as if this release had renamed it
+    with pytest.raises(ModelLoadError) as raised:
+        Kosmos2Engine.load(str(tiny_checkpoint), device="cpu", pack=False)
+    assert DIAGNOSIS.match(str(raised.value)) and "past_length" in str(raised.value)
