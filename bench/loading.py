@@ -45,9 +45,9 @@ class LoadSample:
 def _load(kind: str, directory: str, device: str, dtype: str) -> LoadSample:
     start = time.perf_counter()
     import torch
-    from transformers import Kosmos2ForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
+    from kosmos_demo.compat import load_kosmos2
     from kosmos_demo.engine import Kosmos2Engine, resolve_device, resolve_dtype
 
     from .timing import current_rss, peak_rss, synchronize
@@ -62,7 +62,7 @@ def _load(kind: str, directory: str, device: str, dtype: str) -> LoadSample:
         model = Kosmos2Engine.load(directory, device=str(target), dtype=str(torch_dtype).replace("torch.", "")).model
     else:
         extra = {} if target.type == "cpu" else {"device_map": str(target)}
-        model = Kosmos2ForConditionalGeneration.from_pretrained(directory, dtype=torch_dtype, **extra)
+        model = load_kosmos2(directory, attn_implementation="sdpa", dtype=torch_dtype, **extra)
     synchronize(target)
     seconds = time.perf_counter() - start
     after_load = peak_rss()

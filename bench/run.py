@@ -270,10 +270,15 @@ def write_checkpoint(size: str, directory: Path) -> None:
     subprocess.run([sys.executable, "-m", "bench.models", size, str(directory)], cwd=ROOT, check=True)
 
 
+REFERENCE_ATTENTION = "sdpa"
+"""What the model card's reference path runs with (transformers' default, stated rather than inherited)."""
+
+
 def load_model(directory: Path, device: torch.device, dtype: torch.dtype, quantize: str):
     """The model as the model card loads it (sdpa by default), straight to device and dtype."""
-    from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+    from transformers import AutoProcessor
 
+    from kosmos_demo.compat import load_kosmos2
     from kosmos_demo.engine import quantization_config
 
     extra = {}
@@ -282,7 +287,7 @@ def load_model(directory: Path, device: torch.device, dtype: torch.dtype, quanti
     config = quantization_config(quantize, dtype)
     if config is not None:
         extra["quantization_config"] = config
-    model = Kosmos2ForConditionalGeneration.from_pretrained(directory, dtype=dtype, **extra).eval()
+    model = load_kosmos2(directory, attn_implementation=REFERENCE_ATTENTION, dtype=dtype, **extra).eval()
     return model, AutoProcessor.from_pretrained(directory)
 
 
@@ -299,8 +304,7 @@ def compile_model(model) -> None:
 
 def use_attention(model, implementation: str) -> Callable[[], None]:
     def switch() -> None:
-        if model.config._attn_implementation != implementation:
-            model.set_attn_implementation(implementation)
+        model.set_attn_implementation(implementation)  # public, and cheap when already set
 
     return switch
 
@@ -387,7 +391,7 @@ def measure_single(setup: Setup, parts: set[str], runs: int, warmup: int) -> dic
     image = setup.images[0]
     ours = use_attention(setup.model, _engine_attention())
     candidates = [
-        Variant("a", reference_work(setup, image), use_attention(setup.model, "sdpa")),
+        Variant("a", reference_work(setup, image), use_attention(setup.model, REFERENCE_ATTENTION)),
         Variant("b", engine_work(setup, image, heatmaps=False), ours),
         Variant("c", engine_work(setup, image, heatmaps=True), ours),
     ]
@@ -575,7 +579,7 @@ def prepare(args, device: torch.device, dtype: torch.dtype, checkpoint: Path, re
     report.model_params = sum(p.numel() for p in model.parameters())
     report.rss_after_model = current_rss()
     say(f"model: {report.model_params / 1e9:.3f} B parameters loaded in {report.model_load_seconds:.1f} s, "
-        f"RSS {report.rss_after_model / 2**30:.2f} GiB; attention {model.config._attn_implementation}")
+        f"RSS {report.rss_after_model / 2**30:.2f} GiB; attention {REFERENCE_ATTENTION}")
     if report.onednn:  # what Kosmos2Engine.load does on this device; applied to the shared model, so a and b alike
         from kosmos_demo.cpu_linear import pack_linears
 

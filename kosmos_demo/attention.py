@@ -26,7 +26,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .compat import assumption_failed
+from .messages import quote_value
 
 ATTENTION_IMPLEMENTATION = "kosmos_demo_sdpa"
 """sdpa that can also report image-slot attention; the engine loads models with it."""
@@ -34,14 +36,38 @@ ATTENTION_IMPLEMENTATION = "kosmos_demo_sdpa"
 _ACTIVE: contextvars.ContextVar["ImageAttentionRecorder | None"] = contextvars.ContextVar("recorder", default=None)
 
 
+_SDPA = AttentionInterface()["sdpa"]  # transformers' own sdpa, through the public registry
+
+
 def _sdpa_with_image_rows(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    output = sdpa_attention_forward(
-        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-    )
+    output = _SDPA(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     recorder = _ACTIVE.get()
     if recorder is not None:
         recorder.observe(module, query, key, attention_mask, scaling)
     return output
+
+
+def check_attention_call(module, query, key, attention_mask, scaling) -> None:
+    """What the recorder assumes of an attention call, which transformers does not promise; checked, not trusted.
+
+    Each broken assumption raises :class:`~kosmos_demo.compat.TransformersAssumptionError` (one line): a mask
+    of another kind, another layout or keys other than the cache plus the queries would give wrong rows, silently.
+    """
+    heads, head_dim = getattr(module, "num_heads", None), getattr(module, "head_dim", None)
+    if query.dim() != 4 or query.shape[1] != heads or query.shape[3] != head_dim or key.shape[1] != heads:
+        raise assumption_failed(f"attention gets query and key as (batch, heads={heads}, seq, dim={head_dim})",
+                                f"query {tuple(query.shape)}, key {tuple(key.shape)}")
+    if key.shape[2] < query.shape[2]:
+        raise assumption_failed("attention's keys are the cache followed by the queries (at least as many)",
+                                f"{key.shape[2]} keys for {query.shape[2]} queries")
+    if attention_mask is not None and (not attention_mask.dtype.is_floating_point or attention_mask.dim() != 4
+                                       or attention_mask.shape[-1] != key.shape[2]
+                                       or attention_mask.shape[-2] != query.shape[2]):
+        raise assumption_failed("attention's mask is additive float (batch, 1, queries, keys)",
+                                f"{attention_mask.dtype} {tuple(attention_mask.shape)} for "
+                                f"{query.shape[2]} queries, {key.shape[2]} keys")
+    if not isinstance(scaling, (int, float)) or isinstance(scaling, bool) or scaling <= 0:
+        raise assumption_failed("attention is called with the layer's float scaling=", quote_value(scaling))
 
 
 AttentionInterface.register(ATTENTION_IMPLEMENTATION, _sdpa_with_image_rows)
@@ -88,12 +114,14 @@ class ImageAttentionRecorder:
 
     def observe(self, module, query, key, attention_mask, scaling) -> None:
         if id(module) == self._projection:
+            check_attention_call(module, query, key, attention_mask, scaling)
             probs = _softmax_rows(query, key, None, scaling).mean(dim=1)  # (B, slots, 1 + patches + slots)
             self._patches = probs[..., 1 : 1 + self._num_patches]
             return
         layer = self._layer_of.get(id(module))
         if layer is None:
             return
+        check_attention_call(module, query, key, attention_mask, scaling)
         start = key.shape[2] - query.shape[2]  # absolute position of the first query row
         first = max(self._first_row - start, 0)
         if first >= query.shape[2]:
@@ -102,6 +130,10 @@ class ImageAttentionRecorder:
             self._queries[layer].append(query)
             self._keys[layer] = key
             if layer == 0:
+                expected = self._positions[-1] + 1 if self._positions else self._first_row + 1
+                if start != expected:  # a static or sliding cache would hand over keys of another length
+                    raise assumption_failed("each decoding step's keys are the cache plus its one query",
+                                            f"{key.shape[2]} keys at decoding position {expected}")
                 self._positions.append(start)
                 self._padding, self._scaling = attention_mask, scaling
             return

@@ -24,6 +24,8 @@ from PIL import Image
 
 from . import DEFAULT_MODEL, checkpoints, cpu_linear
 from .checkpoints import MODEL_ENV, resolve_source
+from .compat import (TransformersAssumptionError, assumption_failed, classify_load_failure, load_kosmos2,
+                     transformers_version)
 from .attention import ATTENTION_IMPLEMENTATION, ImageAttentionRecorder, token_heatmaps
 from .detokenize import PieceDecoder
 from .geometry import normalize_box, to_pixels
@@ -102,6 +104,7 @@ def quantization_config(quantize: str, dtype: torch.dtype):
 
 
 def _load_failure(source: str, reason: BaseException | str) -> ModelLoadError:
+    """One paragraph for a person: what failed (a package, a version, the network or the checkpoint) and the fix."""
     local = os.path.exists(os.path.expanduser(source)) or source.startswith(("/", ".", "~")) or source.count("/") != 1
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if local:
@@ -112,15 +115,28 @@ def _load_failure(source: str, reason: BaseException | str) -> ModelLoadError:
     why = str(reason).strip().splitlines()[0].rstrip(".") if str(reason).strip() else type(reason).__name__
     if len(why) > 300:
         why = why[:300] + "..."
-    return ModelLoadError(
-        f"Could not load Kosmos-2 from {tried}: {why}. "
-        f"The real weights (about 6.6 GB) come from the Hub on first run and need network access. "
-        f"To use a local checkpoint, pass --model /path/to/folder (or set {MODEL_ENV}=/path/to/folder): a folder "
-        f"written by save_pretrained with config.json, the weights and the processor files, for example "
-        f"`hf download {DEFAULT_MODEL} --local-dir DIR` run on a machine with network. "
-        f"For an offline preview: --model toy, the small model this project trained on coloured shapes "
-        f"(it knows nothing else)."
-    )
+    kind, install = classify_load_failure(reason)
+    if kind == "network" and local:
+        kind = "checkpoint"
+    preview = ("For an offline preview: --model toy, the small model this project trained on coloured shapes "
+               "(it knows nothing else).")
+    if kind == "package":
+        advice = (f"A Python package is missing or of the wrong version, not the model: "
+                  f"{'pip install ' + quote_value(install, limit=120) if install else 'install the package named above'}"
+                  f" (with transformers {transformers_version()}), then start again.")
+    elif kind == "version":
+        advice = (f"The installed versions do not fit this checkpoint or each other (transformers "
+                  f"{transformers_version()}): pip install {quote_value(install, limit=120)}, then start again.")
+    elif kind == "network":
+        advice = (f"The real weights (about 6.6 GB) come from the Hub on first run and need network access. "
+                  f"To use a local checkpoint, pass --model /path/to/folder (or set {MODEL_ENV}=/path/to/folder): a "
+                  f"folder written by save_pretrained with config.json, the weights and the processor files, for "
+                  f"example `hf download {DEFAULT_MODEL} --local-dir DIR` run on a machine with network. {preview}")
+    else:
+        advice = (f"This is not a complete, readable Kosmos-2 checkpoint: --model (or {MODEL_ENV}) must name a "
+                  f"folder written by save_pretrained, with config.json, the weights and the processor files; copy it "
+                  f"again, or fetch it with `hf download {DEFAULT_MODEL} --local-dir DIR` on a machine with network. {preview}")
+    return ModelLoadError(f"Could not load Kosmos-2 from {tried}: {why}. {advice}")
 
 
 def _hub_fallback(source: str) -> dict:
@@ -176,15 +192,42 @@ class Partial:
 _LEFT_PADDING: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("left_padding", default=None)
 
 
-def _shift_positions_past_padding(module, args, kwargs):
-    pads = _LEFT_PADDING.get()
-    past = kwargs.get("cache_length", kwargs.get("past_key_values_length", 0))  # renamed in transformers 5.24
-    input_ids = kwargs.get("input_ids")
-    if pads is None or not past or input_ids is None or kwargs.get("position_ids") is not None:
-        return None
-    steps = torch.arange(input_ids.shape[1], device=input_ids.device)
-    positions = past + 1 + module.padding_idx + steps[None, :] - pads.to(input_ids.device)[:, None]
-    return args, {**kwargs, "position_ids": positions}
+_CACHE_LENGTH_KEYWORD = "cache_length"  # past_key_values_length before 5.24
+
+
+def _hook_position_embedding(embed_positions):
+    """Shift left-padded rows' decoding positions; transformers has no public way to pass them to generate().
+
+    The sinusoidal embedding counts positions from the cache length it is called
+    with, the same for every row, so a row with p padding tokens would decode at
+    positions p too far. The hook reads that keyword, whose name is checked here.
+    """
+    import inspect
+
+    parameters = inspect.signature(embed_positions.forward).parameters
+    keyword = _CACHE_LENGTH_KEYWORD
+    missing = [name for name in ("input_ids", "position_ids", keyword) if name not in parameters]
+    if missing or not isinstance(getattr(embed_positions, "padding_idx", None), int):
+        raise assumption_failed(
+            f"the text position embedding takes input_ids, position_ids and {keyword}, and has an int padding_idx",
+            f"forward({', '.join(parameters)}), padding_idx={type(getattr(embed_positions, 'padding_idx', None)).__name__}",
+        )
+
+    def shift_positions_past_padding(module, args, kwargs):
+        pads = _LEFT_PADDING.get()
+        if pads is None:
+            return None
+        if keyword not in kwargs or "input_ids" not in kwargs:
+            raise assumption_failed(f"the text position embedding is called with {keyword}= and input_ids= keywords",
+                                    f"{len(args)} positional, keywords {', '.join(kwargs) or 'none'}")
+        past, input_ids = kwargs[keyword], kwargs["input_ids"]
+        if not past or input_ids is None or kwargs.get("position_ids") is not None:
+            return None
+        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+        positions = past + 1 + module.padding_idx + steps[None, :] - pads.to(input_ids.device)[:, None]
+        return args, {**kwargs, "position_ids": positions}
+
+    return embed_positions.register_forward_pre_hook(shift_positions_past_padding, with_kwargs=True)
 
 
 class _Cancelled(Exception):
@@ -302,13 +345,20 @@ class Kosmos2Engine:
         self._location_ids = range(first, first + processor.num_patch_index_tokens)
         self._eos_id = tokenizer.eos_token_id
         self._pad_id = tokenizer.pad_token_id
-        if model.config._attn_implementation != ATTENTION_IMPLEMENTATION:
-            model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
-        model.text_model.model.embed_positions.register_forward_pre_hook(
-            _shift_positions_past_padding, with_kwargs=True
-        )
+        model.set_attn_implementation(ATTENTION_IMPLEMENTATION)  # what it was loaded with or not: no private read
+        self._position_hook = _hook_position_embedding(model.text_model.model.embed_positions)
         self._lock = threading.Lock()
         self._worker = _Worker()
+
+    def close(self) -> None:
+        """Take the engine's hook off the model (it stays usable as a plain transformers model); idempotent."""
+        with self._lock:
+            if self._position_hook is not None:
+                self._position_hook.remove()
+                self._position_hook = None
+        with _ENGINES_LOCK:
+            for key in [key for key, engine in _ENGINES.items() if engine is self]:
+                del _ENGINES[key]
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "auto", dtype: str = "auto",
@@ -324,7 +374,7 @@ class Kosmos2Engine:
         ``pack=False`` or ``KOSMOS_DEMO_ONEDNN=0`` keeps the stock layers, and so
         does a CPU whose oneDNN cannot run the dtype (bf16 without AVX-512).
         """
-        from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
+        from transformers import AutoConfig, AutoProcessor
 
         source = resolve_source(model)
         target = resolve_device(device)
@@ -339,8 +389,8 @@ class Kosmos2Engine:
             if config.model_type != "kosmos-2":
                 raise ValueError(f"it holds a {quote_value(config.model_type)} model, not Kosmos-2")
             processor = AutoProcessor.from_pretrained(source, **offline)
-            net = Kosmos2ForConditionalGeneration.from_pretrained(
-                source, dtype=torch_dtype, device_map=str(target), attn_implementation=ATTENTION_IMPLEMENTATION,
+            net = load_kosmos2(
+                source, attn_implementation=ATTENTION_IMPLEMENTATION, dtype=torch_dtype, device_map=str(target),
                 **({} if quantization is None else {"quantization_config": quantization}), **offline,
             )
         except Exception as error:  # OSError, ValueError, SafetensorError (truncated file), RuntimeError (shapes)...
@@ -352,7 +402,10 @@ class Kosmos2Engine:
         elif pack and target.type == "cpu" and (reason := cpu_linear.unavailable_reason(target, torch_dtype)):
             say(f"Keeping the stock linear layers: {reason}.")
         say("Model loaded.")
-        return cls(net, processor, source=source)
+        try:
+            return cls(net, processor, source=source)
+        except TransformersAssumptionError as error:  # a release that broke a checked internal: say so at start-up
+            raise ModelLoadError(str(error)) from error
 
     @functools.cached_property
     def max_new_tokens_limit(self) -> int:
@@ -581,11 +634,7 @@ class Kosmos2Engine:
 
     def _image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """What ``Kosmos2ForConditionalGeneration.generate`` computes first, done here once."""
-        vision = self.model.vision_model(pixel_values=pixel_values)
-        features = self.model.vision_model.model.post_layernorm(vision[0])
-        features = torch.nn.functional.normalize(features, dim=-1)
-        image_embeds, _ = self.model.image_to_text_projection(features)
-        return image_embeds
+        return self.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
 
     def _teacher_forced(self, sequences, image_embeds, mask, recorder) -> None:
         """Beam search reorders rows while decoding, so read attention in one pass over the result."""
@@ -594,9 +643,9 @@ class Kosmos2Engine:
         attention = (sequences != self._pad_id).long()
         attention[:, : mask.shape[1]] = 1
         with recorder.active():
-            self.model.text_model.model(
+            self.model(  # logits_to_keep=1: the attention is what is read, not the logits
                 input_ids=sequences, attention_mask=attention, image_embeds=image_embeds,
-                image_embeds_position_mask=full_mask, use_cache=False,
+                image_embeds_position_mask=full_mask, use_cache=False, logits_to_keep=1,
             )
 
     def _piece_decoder(self) -> PieceDecoder:

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .checkpoints import TOY_MARKER
+from .compat import load_kosmos2
 from .geometry import GRID, box_iou, cell_overlap
 from .grounding import location_tokens
 
@@ -274,10 +275,7 @@ def build_toy_model(processor, shape: ToyShape = ToyShape(), seed: int = 0, imag
 
 
 def _image_embeds(model, pixel_values):
-    vision = model.vision_model(pixel_values=pixel_values)
-    features = model.vision_model.model.post_layernorm(vision[0])
-    features = __import__("torch").nn.functional.normalize(features, dim=-1)
-    return model.image_to_text_projection(features)[0]
+    return model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
 
 
 # --- training ---------------------------------------------------------------
@@ -506,7 +504,6 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
     """Train (or resume) the toy in ``out_dir``; a ``save_pretrained`` folder every ``checkpoint_every`` steps."""
     import torch
     from tqdm import tqdm
-    from transformers import Kosmos2ForConditionalGeneration
 
     from .engine import resolve_device  # here: the engine module imports this one
     from .tiny import build_processor
@@ -532,11 +529,11 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
                 setattr(config, key, saved[key])
         config.name_attention_weight = saved.get("name_attention_weight", 0.0)  # runs from before it existed
         config.shape = ToyShape(**saved["shape"])
-        model = Kosmos2ForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
+        model = load_kosmos2(out, attn_implementation="sdpa", dtype=torch.float32)
         step, spent = state["step"], state["seconds"]
         say(f"Resuming from step {step} in {out} ({spent / 60:.1f} min spent so far).")
     elif config.init_from:
-        model = Kosmos2ForConditionalGeneration.from_pretrained(config.init_from, dtype=torch.float32)
+        model = load_kosmos2(config.init_from, attn_implementation="sdpa", dtype=torch.float32)
         state, step, spent = None, 0, 0.0
         say(f"Starting from the weights in {config.init_from}.")
     else:
@@ -626,9 +623,9 @@ def train(out_dir: str | Path, config: TrainConfig = TrainConfig(), log=None, pr
 def export(train_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
     """Copy a trained toy to a clean folder: model + processor only (no optimizer state)."""
     import torch
-    from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+    from transformers import AutoProcessor
 
-    model = Kosmos2ForConditionalGeneration.from_pretrained(train_dir, dtype=getattr(torch, dtype))
+    model = load_kosmos2(train_dir, attn_implementation="sdpa", dtype=getattr(torch, dtype))
     setattr(model.config, TOY_MARKER, True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,12 @@ import pytest
 import torch
 from forcing import CONTINUATION, ForceTokens, forced_describe, token_ids  # noqa: F401
 from PIL import Image
-from transformers import Kosmos2ForConditionalGeneration, LogitsProcessor
+from transformers import LogitsProcessor
 
 from kosmos_demo import attention
 from kosmos_demo.attention import ImageAttentionRecorder, projection_attentions, token_heatmaps
 from kosmos_demo.checkpoints import kind_of
+from kosmos_demo.compat import load_kosmos2
 from kosmos_demo.engine import Kosmos2Engine, ModelLoadError, Partial, get_engine
 from kosmos_demo.images import ImageLoadError
 from kosmos_demo.results import Result
@@ -70,7 +71,7 @@ def test_recorded_heatmaps_equal_eager_attention(tiny_checkpoint, tiny_engine, i
     sequence = generated.sequences
     mask = torch.zeros_like(sequence)
     mask[:, : prepared.inputs["image_embeds_position_mask"].shape[1]] = prepared.inputs["image_embeds_position_mask"]
-    eager = Kosmos2ForConditionalGeneration.from_pretrained(str(tiny_checkpoint), attn_implementation="eager").eval()
+    eager = load_kosmos2(str(tiny_checkpoint), attn_implementation="eager").eval()
     with torch.no_grad():
         out = eager(pixel_values=prepared.inputs["pixel_values"], input_ids=sequence,
                     attention_mask=torch.ones_like(sequence), image_embeds_position_mask=mask,

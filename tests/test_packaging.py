@@ -30,6 +30,13 @@ def test_pyproject_declares_exactly_the_pins_of_requirements_txt():
     assert {name: str(r) for name, r in declared.items()} == {name: str(r) for name, r in spaces.items()}
 
 
+def test_load_errors_name_the_transformers_range_requirements_txt_admits():
+    from kosmos_demo.compat import TESTED_TRANSFORMERS
+
+    spaces = _requirements((ROOT / "requirements.txt").read_text().splitlines())
+    assert spaces["transformers"].specifier == Requirement("transformers" + TESTED_TRANSFORMERS).specifier
+
+
 def _venv(tmp_path: Path) -> Path:
     """A venv that sees the installed dependencies, so only the project itself is installed into it."""
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")], check=True)

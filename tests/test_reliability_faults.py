@@ -328,7 +328,7 @@ def test_a_broken_checkpoint_is_one_clear_load_error(broken_checkpoints, name, r
     assert message.startswith(f"Could not load Kosmos-2 from the local folder {folder}: ")
     assert re.search(reason, message, re.IGNORECASE), message
     assert "--model" in message and ".." not in message.replace("...", "")
-    FAULTS.setdefault("checkpoints that do not load (Kosmos2Engine.load)", {})[name] = message.split(". The real")[0]
+    FAULTS.setdefault("checkpoints that do not load (Kosmos2Engine.load)", {})[name] = message.split(". This is not a complete")[0]
 
 
 def test_app_and_cli_exit_with_the_message_on_truncated_weights(broken_checkpoints, tmp_path):
