@@ -9,13 +9,14 @@ runs' tables survive re-runs.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
 import re
 import statistics
 import sys
 from pathlib import Path
 
-from .run import TARGETS, Report, command_line
+from .run import Report, command_line
 from .timing import Series
 
 GiB = 2**30
@@ -29,6 +30,28 @@ def _ratio(report: Report, name: str) -> float | None:
     return None
 
 
+TARGETS = {  # name: (at most or at least, bound, unit as written)
+    "b/a": ("<=", 1.05, ""),
+    "c/a": ("<=", 1.10, ""),
+    "batch gain": (">=", 2.5, "x"),
+    "app added": ("<=", 0.3, " s"),
+    "page/describe": ("<=", 1.10, ""),
+}
+
+
+def target_text(name: str) -> str:
+    """``'<= 1.05'``: a target as the report writes it."""
+    op, bound, unit = TARGETS[name]
+    return f"{op} {bound:g}{unit}" if unit else f"{op} {bound:.2f}"
+
+
+def _met(name: str, value: float | None) -> bool | None:
+    if value is None:
+        return None
+    op, bound, _ = TARGETS[name]
+    return value <= bound if op == "<=" else value >= bound
+
+
 def targets(report: Report) -> dict[str, tuple[str, bool | None]]:
     """Each target's measured value and whether it was met (None: not measured)."""
     b, c = _ratio(report, "b"), _ratio(report, "c")
@@ -36,12 +59,12 @@ def targets(report: Report) -> dict[str, tuple[str, bool | None]]:
     added = report.app.paired_added if report.app else None
     worst = max(report.page, key=lambda p: p.ratio) if report.page else None
     return {
-        "b/a": (_fmt(b, "{:.3f}"), None if b is None else b <= 1.05),
-        "c/a": (_fmt(c, "{:.3f}"), None if c is None else c <= 1.10),
-        "batch gain": (_fmt(gain, "{:.2f}x"), None if gain is None else gain >= 2.5),
-        "app added": (_fmt(added, "{:+.3f} s"), None if added is None else added <= 0.3),
+        "b/a": (_fmt(b, "{:.3f}"), _met("b/a", b)),
+        "c/a": (_fmt(c, "{:.3f}"), _met("c/a", c)),
+        "batch gain": (_fmt(gain, "{:.2f}x"), _met("batch gain", gain)),
+        "app added": (_fmt(added, "{:+.3f} s"), _met("app added", added)),
         "page/describe": (_fmt(worst and worst.ratio, "{:.3f}") + (f" (worst: {worst.tokens} tokens)" if worst else ""),
-                          None if worst is None else worst.ratio <= 1.10),
+                          _met("page/describe", worst and worst.ratio)),
     }
 
 
@@ -57,7 +80,7 @@ def print_summary(report: Report) -> None:
               f"decode {_fmt(series.decode_rate, '{:.2f} tok/s')}")
     for name, (value, met) in targets(report).items():
         verdict = {True: "met", False: "MISSED", None: "not measured"}[met]
-        print(f"  {name}: {value}  (target {TARGETS[name]}: {verdict})")
+        print(f"  {name}: {value}  (target {target_text(name)}: {verdict})")
     if report.app is not None and not report.app.available:
         print(f"  app: unavailable: {report.app.reason}")
     for page in report.page:
@@ -232,7 +255,7 @@ def render_markdown(report: Report) -> str:
               + ".", ""]
     lines += ["| target | measured | met |", "|---|---|---|"]
     for name, (value, met) in targets(report).items():
-        lines.append(f"| {name} {TARGETS[name]} | {value} | {({True: 'yes', False: '**no**', None: '-'})[met]} |")
+        lines.append(f"| {name} {target_text(name)} | {value} | {({True: 'yes', False: '**no**', None: '-'})[met]} |")
     lines += [""] + [f"Note: {note}" for note in report.notes]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -257,6 +280,27 @@ def _loading_lines(report: Report) -> list[str]:
     lines += ["", f"Engine / bare: load time {engine[0] / bare[0]:.2f}, peak RSS (after materialise) "
                   f"{engine[1] / bare[1]:.2f}.", ""]
     return lines
+
+
+def json_summary(report: Report) -> dict:
+    """The run's options, each target's value and verdict, and every median: what a script compares."""
+    return {
+        "command": command_line(report.argv),
+        "size": report.size, "device": report.device, "dtype": report.dtype, "tokens": report.tokens,
+        "runs": report.runs, "strategy": report.strategy, "section": report.section or report.size,
+        "targets": {name: {"value": value, "target": target_text(name), "met": met}
+                    for name, (value, met) in targets(report).items()},
+        "seconds": {name: series.seconds for name, series in report.single.items()},
+        "page": [{"tokens": p.tokens, "page_s": p.page.seconds, "describe_s": p.describe.seconds, "ratio": p.ratio}
+                 for p in report.page],
+        "peak_rss_bytes": report.peak_rss,
+        "load_before": report.load_before, "load_after": report.load_after,
+    }
+
+
+def write_json_summary(report: Report, path: Path) -> None:
+    path.write_text(json.dumps(json_summary(report), indent=2) + "\n")
+    print(f"JSON summary written to {path}", file=sys.stderr)
 
 
 def write_report(report: Report, path: Path) -> None:

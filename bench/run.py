@@ -43,15 +43,6 @@ EXAMPLES = ROOT / "kosmos_demo" / "assets" / "examples"
 PROMPT = "<grounding>An image of"
 PARTS = ("a", "b", "c", "d", "e", "f", "load", "leak")
 
-TARGETS = {
-    "b/a": "<= 1.05",
-    "c/a": "<= 1.10",
-    "batch gain": ">= 2.5x",
-    "app added": "<= 0.3 s",
-    "page/describe": "<= 1.10",
-}
-
-
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -88,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--load-runs", type=int, default=2, help="fresh-process loads per loader")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="folder for the saved random checkpoint (kept and reused); default: a temp dir, removed")
-    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="Markdown report to update")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Markdown report whose section this run rewrites (e.g. BENCHMARKS.md); "
+                             "default: print the section, change no report")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where the JSON summary goes (default: bench-SECTION.json in the current folder)")
     parser.add_argument("--section", default=None,
                         help="name of the report section this run rewrites (default: the size, e.g. 'full')")
     return parser
@@ -639,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kosmos_demo.engine import EngineError
 
-    from .report import print_summary, write_report
+    from .report import print_summary, render_markdown, write_json_summary, write_report
 
     hf_logging.disable_progress_bar()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -660,7 +655,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print_summary(report)
-    write_report(report, args.out)
+    write_json_summary(report, args.json or Path(f"bench-{report.section or report.size}.json"))
+    if args.out is None:
+        print("\n" + render_markdown(report))
+    else:
+        write_report(report, args.out)
     return 0
 
 

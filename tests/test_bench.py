@@ -1,6 +1,7 @@
 """Smoke test of ``python -m bench``'s plumbing on the tiny size. Nothing here asserts a timing."""
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ HAND_WRITTEN = (
 
 def _args(out, checkpoint, *extra):
     return ["--size", "tiny", "--tokens", "3", "--runs", "1", "--warmup", "0", "--batch", "2",
-            "--leak-runs", "3", "--page-tokens", "3,5", "--skip", "load", "--checkpoint", str(checkpoint), "--out", str(out), *extra]
+            "--leak-runs", "3", "--page-tokens", "3,5", "--skip", "load", "--checkpoint", str(checkpoint), "--out", str(out),
+            "--json", str(out.with_suffix(".json")), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,30 @@ def test_every_part_reports_into_its_own_section(tiny_run):
     for needle in ("| a |", "| b |", "| c |", "Batch (d)", "App (e)", "Page (f)", "| 5 |", "Heatmap memory", "Heatmap recording cost",
                    "Leak check", "Peak RSS", "torch 2", "transformers", "gradio", "Machine load", "| b/a <= 1.05 |"):
         assert needle in section, needle
+
+
+def test_the_json_summary_holds_each_target_and_verdict(tiny_run):
+    _, out, _ = tiny_run
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["command"].startswith("python -m bench --size tiny --tokens 3")
+    assert set(summary["targets"]) == {"b/a", "c/a", "batch gain", "app added", "page/describe"}
+    assert summary["targets"]["b/a"]["target"] == "<= 1.05"
+    assert all(t["met"] in (True, False) for t in summary["targets"].values())  # every part ran
+    assert [p["tokens"] for p in summary["page"]] == [3, 5] and all(p["ratio"] > 0 for p in summary["page"])
+    assert summary["seconds"].keys() >= {"a", "b", "c"}
+
+
+def test_without_out_no_report_is_changed_and_the_section_is_printed(tiny_run, tmp_path, monkeypatch, capsys):
+    _, out, checkpoint = tiny_run
+    before = out.read_text()
+    monkeypatch.chdir(tmp_path)
+    args = _args(out, checkpoint, "--skip", "a,b,c,d,e,f,leak")
+    args = args[:args.index("--out")] + args[args.index("--json"):]
+    args[args.index("--json") + 1] = str(tmp_path / "summary.json")
+    assert main(args) == 0
+    assert out.read_text() == before and not (tmp_path / "BENCHMARKS.md").exists()
+    assert "Heatmap memory" in capsys.readouterr().out
+    assert json.loads((tmp_path / "summary.json").read_text())["size"] == "tiny"
 
 
 def test_a_second_run_replaces_its_section(tiny_run):
