@@ -21,6 +21,23 @@ def run_cli(*args, timeout=300):
                           timeout=timeout, env=env, cwd=ROOT)
 
 
+def _main(capsys, *argv):
+    """The CLI's main(argv) in this process: (exit code, stdout lines as dicts, stderr).
+
+    A subprocess proves nothing more than this except the entry point itself, which
+    test_folder_with_one_broken_image runs for real.
+    """
+    from kosmos_demo.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:  # argparse
+        code = stop.code
+    captured = capsys.readouterr()
+    captured.out.encode("utf-8")  # valid UTF-8: no lone surrogate reached stdout
+    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("images")
@@ -54,11 +71,11 @@ def test_folder_with_one_broken_image(tiny_checkpoint, folder, tmp_path):
     assert "images:" in done.stderr  # the progress bar, on stderr
 
 
-def test_region_task_from_cli(tiny_checkpoint, folder):
-    done = run_cli("describe", str(folder / "a.png"), "--model", str(tiny_checkpoint), "--task", "region",
-                   "--box", "10,20,150,180", "--max-new-tokens", "4")
-    assert done.returncode == 0, done.stderr
-    (line,) = [json.loads(x) for x in done.stdout.splitlines()]
+def test_region_task_from_cli(tiny_checkpoint, folder, capsys):
+    code, lines, err = _main(capsys, "describe", str(folder / "a.png"), "--model", str(tiny_checkpoint),
+                             "--task", "region", "--box", "10,20,150,180", "--max-new-tokens", "4")
+    assert code == 0, err
+    (line,) = lines
     entity = line["entities"][0]
     assert entity["from_prompt"] and entity["boxes"] == [[10, 20, 150, 180]]
     assert entity["boxes_normalized"][0] == pytest.approx([10 / 300, 20 / 200, 0.5, 0.9], abs=1e-6)
@@ -69,32 +86,32 @@ def test_region_task_from_cli(tiny_checkpoint, folder):
     [(["--num-beams", "1000", "--strategy", "beam"], "num_beams"), (["--temperature", "nan"], "temperature"),
      (["--max-new-tokens", "lots"], "max_new_tokens"), (["--task", "phrase"], "needs text")],
 )
-def test_bad_settings_exit_2_with_message(tiny_checkpoint, folder, flags, message):
-    done = run_cli("describe", str(folder / "a.png"), "--model", str(tiny_checkpoint), *flags)
+def test_bad_settings_exit_2_with_message(tiny_checkpoint, folder, flags, message, capsys):
+    code, lines, err = _main(capsys, "describe", str(folder / "a.png"), "--model", str(tiny_checkpoint), *flags)
     if message == "needs text":  # prompts are checked per image, so it is an error line
-        assert done.returncode == 1 and message in json.loads(done.stdout)["error"]
+        assert code == 1 and message in lines[0]["error"]
     else:
-        assert done.returncode == 2 and message in done.stderr
-    assert "Traceback" not in done.stderr
+        assert code == 2 and message in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
-def test_quantizing_without_bitsandbytes_is_a_clear_error(tiny_checkpoint, folder):
-    done = run_cli("describe", str(folder / "a.png"), "--model", str(tiny_checkpoint), "--quantize", "4bit")
-    assert done.returncode == 1 and "4bit needs bitsandbytes" in done.stderr
-    assert "Traceback" not in done.stderr and done.stdout == ""
+def test_quantizing_without_bitsandbytes_is_a_clear_error(tiny_checkpoint, folder, capsys):
+    code, lines, err = _main(capsys, "describe", str(folder / "a.png"), "--model", str(tiny_checkpoint),
+                             "--quantize", "4bit")
+    assert code == 1 and "4bit needs bitsandbytes" in err and lines == [] and "Traceback" not in err
 
 
-def test_missing_model_is_a_clear_paragraph(folder, tmp_path):
-    done = run_cli("describe", str(folder / "a.png"), "--model", str(tmp_path / "no-such-checkpoint"))
-    assert done.returncode == 1
-    assert "Could not load Kosmos-2" in done.stderr and "--model" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_missing_model_is_a_clear_paragraph(folder, tmp_path, capsys):
+    code, _, err = _main(capsys, "describe", str(folder / "a.png"), "--model", str(tmp_path / "no-such-checkpoint"))
+    assert code == 1
+    assert "Could not load Kosmos-2" in err and "--model" in err and "Traceback" not in err
 
 
-def test_tiny_model_command_writes_a_loadable_checkpoint(tmp_path):
-    done = run_cli("tiny-model", str(tmp_path / "tiny"))
-    assert done.returncode == 0, done.stderr
+def test_tiny_model_command_writes_a_loadable_checkpoint(tmp_path, capsys):
+    from kosmos_demo.cli import main
+
+    assert main(["tiny-model", str(tmp_path / "tiny")]) == 0, capsys.readouterr().err
     from transformers import AutoProcessor
 
     from kosmos_demo.compat import load_kosmos2
@@ -106,11 +123,10 @@ def test_tiny_model_command_writes_a_loadable_checkpoint(tmp_path):
         assert processor.tokenizer.convert_tokens_to_ids(token) != processor.tokenizer.unk_token_id
 
 
-def test_lines_follow_the_order_images_were_given(tiny_checkpoint, folder):
+def test_lines_follow_the_order_images_were_given(tiny_checkpoint, folder, capsys):
     order = ["c.webp", "broken.png", "a.png", "b.jpg"]
-    done = run_cli("describe", *[str(folder / name) for name in order], "--model", str(tiny_checkpoint),
-                   "--max-new-tokens", "2", "--batch-size", "2")
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    _, lines, _ = _main(capsys, "describe", *[str(folder / name) for name in order], "--model", str(tiny_checkpoint),
+                        "--max-new-tokens", "2", "--batch-size", "2")
     assert [Path(line["image"]).name for line in lines] == order
     assert "error" in lines[1] and all("error" not in lines[i] for i in (0, 2, 3))
 
@@ -132,16 +148,6 @@ def test_a_long_flag_value_is_quoted_short(capsys, flags):
     err = capsys.readouterr().err
     (line,) = [line for line in err.splitlines() if "error: " in line]
     assert code == 2 and len(line) < 600 and "x" * 100 not in line and "9" * 100 not in line, line
-
-
-def _main(capsys, *argv):
-    """The CLI's main(argv) in this process: (exit code, stdout lines as dicts, stderr)."""
-    from kosmos_demo.cli import main
-
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    captured.out.encode("utf-8")  # valid UTF-8: no lone surrogate reached stdout
-    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
 
 
 def test_a_file_name_that_is_not_utf8_is_written_escaped_with_its_bytes(tiny_checkpoint, tmp_path, capsys):
