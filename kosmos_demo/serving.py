@@ -128,13 +128,24 @@ def _older(path: Path, now: float, age_s: float) -> bool:
         return False
 
 
+API_SESSION_S = 10.0
+"""How long an API session (no page heartbeat) is kept after its last use; checked every half of it.
+
+``/describe`` is stateless: each call is a new session and nothing of it is
+needed afterwards. The window bounds what a burst of calls keeps at once
+(1000 calls in 50 s kept 125 MB with 60 s). A client of the page's own
+events (upload, then Run, without the page) must not leave more than this
+between them.
+"""
+
+
 class RouteGuard:
     """ASGI middleware in front of Gradio's routes (see the module docstring)."""
 
     max_join_body = 2**20
     """Largest queue-join body read to check its event; bigger ones are refused (413)."""
 
-    def __init__(self, app, stream_grace_s: float = 5.0, api_session_s: float = 60.0):
+    def __init__(self, app, stream_grace_s: float = 5.0, api_session_s: float = API_SESSION_S):
         self.app = app
         self.stream_grace_s = stream_grace_s
         self.api_session_s = api_session_s
@@ -199,6 +210,7 @@ class RouteGuard:
                     holder.session_data.pop(session, None)
                     holder.time_last_used.pop(session, None)
                     queue.pending_event_ids_session.pop(session, None)  # gradio never drops these itself
+                    queue.pending_messages_per_session.pop(session, None)  # else kept up to its LRU's 2000
                     forgotten += 1
         return forgotten
 

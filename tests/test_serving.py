@@ -193,6 +193,7 @@ def test_api_sessions_are_forgotten_once_idle_but_an_open_page_keeps_its_state(a
         while time.time() < deadline and len(holder.session_data) > 1:
             time.sleep(0.25)
         assert list(holder.session_data) == [page.session]  # the API calls' sessions went; the tab's stayed
+        assert set(demo._queue.pending_messages_per_session) <= {page.session}  # and their message queues
         page.join(page.fn_index("run-button"), page.run_page(None, max_new_tokens=2))
         messages = page.messages()
         try:

@@ -3,7 +3,9 @@
 Serves ``python app.py`` on a tiny random checkpoint (built here, offline) in
 its own process and measures its resident memory (issue 12.5, 12.6):
 
-- soak: after a warm-up, N ``/describe`` calls from 4 clients; RSS every quarter;
+- soak: after a warm-up, N ``/describe`` calls from 4 clients; RSS every quarter, and once the
+  server has been idle for ``--idle`` seconds, so that the API sessions it keeps
+  (``serving.API_SESSION_S``) are forgotten (the baseline is taken the same way, after the warm-up and an idle wait);
 - sessions: M page sessions, each uploading an image and running it, as a browser does;
 - burst: 8 simultaneous uploads of a 6000x6000 PNG (about 100 KB) through the
   page's upload event, which decodes a display copy; the peak is the server's
@@ -20,6 +22,7 @@ import json
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import reliability_support as rs  # noqa: E402
+
+from kosmos_demo.serving import API_SESSION_S  # noqa: E402
 
 MB = 2**20
 
@@ -113,6 +118,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--sessions", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--idle", type=float, default=API_SESSION_S * 1.5 + 5,
+                        help="seconds to wait idle before the baseline and the settled reading "
+                             "(API sessions are forgotten API_SESSION_S after their last use, checked every half)")
     args = parser.parse_args()
     from kosmos_demo.tiny import build_tiny_checkpoint
 
@@ -126,14 +134,20 @@ def main() -> int:
             report = {}
             describe_many(url, args.warmup, image)
             page_sessions(url, args.warmup // 4, image)
+            time.sleep(args.idle)
             baseline = rs.rss_bytes(pid)
-            marks, failures = [], 0
+            marks, failures, began = [], 0, time.monotonic()
             for quarter in range(4):
                 failures += describe_many(url, args.requests // 4, image)
                 marks.append(round(rs.rss_bytes(pid) / MB))
-            report["describe"] = {"requests": args.requests, "failures": failures,
+            loaded, seconds = rs.rss_bytes(pid), time.monotonic() - began
+            time.sleep(args.idle)
+            settled = rs.rss_bytes(pid)
+            report["describe"] = {"requests": args.requests, "failures": failures, "seconds": round(seconds),
                                   "baseline_mb": round(baseline / MB), "rss_mb_each_quarter": marks,
-                                  "end_over_baseline": round(rs.rss_bytes(pid) / baseline, 3)}
+                                  "end_over_baseline": round(loaded / baseline, 3),
+                                  "settled_mb": round(settled / MB),
+                                  "settled_over_baseline": round(settled / baseline, 3)}
             start = rs.rss_bytes(pid)
             failures = page_sessions(url, args.sessions, image)
             report["sessions"] = {"sessions": args.sessions, "failures": failures, "start_mb": round(start / MB),
